@@ -1,0 +1,144 @@
+"""The whole conversion: resolve the source, write F16, quantize, and publish each file atomically."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from convert.hf_to_gguf import SourceInfo, read_license, write_gguf_f16
+from convert.quantize import FILE_SUFFIXES, quantize
+from dtg_cli.errors import DtgError, UsageError
+from dtg_cli.hub import download_checkpoint, looks_like_repo_id
+
+QUANTS = ("f16", "q8_0", "q6_k")
+
+
+class ConvertProgress:
+    """Receives progress events; the CLI shows them on stderr. The default ignores them."""
+
+    def step(self, description: str, total: int | None = None) -> None: ...
+
+    def advance(self, done: int) -> None: ...
+
+
+def parse_quants(value: str | Sequence[str]) -> list[str]:
+    """'f16,q8_0' -> ['f16', 'q8_0'], validated, in the order given, without repeats."""
+    items = value.split(",") if isinstance(value, str) else list(value)
+    quants: list[str] = []
+    for item in (i.strip().lower() for i in items):
+        if item not in QUANTS:
+            raise UsageError(f"unknown quant {item!r}; choose from {', '.join(QUANTS)}")
+        if item not in quants:
+            quants.append(item)
+    if not quants:
+        raise UsageError(f"no quant given; choose from {', '.join(QUANTS)}")
+    return quants
+
+
+@contextlib.contextmanager
+def _atomic_path(final: Path) -> Iterator[Path]:
+    """A temporary path beside `final`, renamed onto it only if the block succeeds."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".partial", dir=final.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp_path, 0o666 & ~umask)  # mkstemp creates 0600
+        os.replace(tmp_path, final)
+    finally:
+        tmp_path.unlink(missing_ok=True)
+
+
+def _prepare_out_dir(out_dir: Path) -> None:
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out_dir):
+            pass
+    except OSError as e:
+        raise DtgError(f"cannot write to output directory {out_dir}: {e.strerror}") from e
+
+
+def convert(
+    src: str | Path,
+    out_dir: str | Path,
+    quants: str | Sequence[str] = QUANTS,
+    *,
+    name: str | None = None,
+    revision: str | None = None,
+    force: bool = False,
+    threads: int | None = None,
+    progress: ConvertProgress | None = None,
+) -> list[Path]:
+    """Convert a checkpoint directory or hub repo id to `out_dir/NAME-{F16,Q8_0,Q6_K}.gguf`; return the paths."""
+    progress = progress or ConvertProgress()
+    quants = parse_quants(quants)
+    out_dir = Path(out_dir)
+    src_text = str(src)
+    repo = None
+    if Path(src_text).is_dir():
+        directory = Path(src_text)
+    elif looks_like_repo_id(src_text):
+        repo = src_text
+        progress.step(f"downloading {repo}")
+        directory = download_checkpoint(repo, revision)
+    else:
+        raise DtgError(f"{src_text}: not a checkpoint directory nor a hub repo id (owner/name)")
+    name = name or (repo.split("/")[-1] if repo else directory.resolve().name)
+    if not name or "/" in name or name.startswith("."):
+        raise UsageError(f"invalid model name {name!r}")
+
+    targets = {q: out_dir / f"{name}-{FILE_SUFFIXES[q]}.gguf" for q in quants}
+    existing = [str(p) for p in targets.values() if p.exists()]
+    if existing and not force:
+        raise DtgError(f"{', '.join(existing)} already exists; pass --force to overwrite")
+    _prepare_out_dir(out_dir)
+
+    source = SourceInfo(name=name, repo=repo, revision=revision or _snapshot_revision(directory), license=read_license(directory))
+    written: list[Path] = []
+    # The F16 file is the source of every quantization: written first, kept only if asked for.
+    with contextlib.ExitStack() as stack:
+        if "f16" in quants:
+            f16_tmp = stack.enter_context(_atomic_path(targets["f16"]))
+        else:
+            f16_tmp = stack.enter_context(_scratch_file(out_dir, name))
+        label = f"writing {name}-F16.gguf"
+
+        def on_tensor(_name: str, index: int, total: int) -> None:
+            if index == 1:
+                progress.step(label, total)
+            progress.advance(index)
+
+        write_gguf_f16(directory, f16_tmp, source, on_tensor)
+        for q in quants:
+            if q == "f16":
+                continue
+            progress.step(f"quantizing to {FILE_SUFFIXES[q]}")
+            with _atomic_path(targets[q]) as tmp:
+                quantize(f16_tmp, tmp, q, threads)
+            written.append(targets[q])
+    if "f16" in quants:
+        written.insert(0, targets["f16"])
+    return written
+
+
+@contextlib.contextmanager
+def _scratch_file(out_dir: Path, name: str) -> Iterator[Path]:
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}-F16.", suffix=".partial", dir=out_dir)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def _snapshot_revision(directory: Path) -> str | None:
+    """The commit of a hub cache snapshot directory (.../snapshots/<sha>), if that is what it is."""
+    resolved = directory.resolve()
+    if resolved.parent.name == "snapshots" and len(resolved.name) == 40:
+        return resolved.name
+    return None

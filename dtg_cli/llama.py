@@ -1,0 +1,163 @@
+"""Thin wrappers over llama-cpp-python's raw bindings that own the native objects.
+
+Every model dtg loads goes through `Model`, which is where the loader-wide workarounds live.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from pathlib import Path
+
+import numpy as np
+
+from dtg_cli.errors import MissingDependencyError, ModelFileError
+
+_verbose = False
+_log_callback = None  # kept alive: llama.cpp holds a raw pointer to it
+
+
+def bindings():
+    """The llama_cpp module, imported on first use with its log output routed through dtg."""
+    global _log_callback
+    try:
+        import llama_cpp
+    except ImportError as e:  # pragma: no cover - it is a hard dependency
+        raise MissingDependencyError("llama-cpp-python is not installed: pip install llama-cpp-python") from e
+    if _log_callback is None:
+
+        @llama_cpp.llama_log_callback
+        def _on_log(level, text, user_data):
+            if _verbose:
+                os.write(2, text)
+
+        _log_callback = _on_log
+        llama_cpp.llama_log_set(_log_callback, ctypes.c_void_p(0))
+        llama_cpp.llama_backend_init()
+    return llama_cpp
+
+
+def set_verbose(verbose: bool) -> None:
+    """Show llama.cpp's own log lines on stderr (hidden by default)."""
+    global _verbose
+    _verbose = verbose
+
+
+class Model:
+    """A GGUF model loaded for inference."""
+
+    def __init__(self, path: str | Path, n_gpu_layers: int = -1):
+        lib = bindings()
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise ModelFileError(f"{self.path}: no such model file")
+        params = lib.llama_model_default_params()
+        params.n_gpu_layers = n_gpu_layers
+        # llama.cpp's extra buffer types repack quantized weights for AMX on Intel CPUs that have it, and
+        # that path crashes (SIGSEGV in ggml_backend_amx_mul_mat) on every quantized model dtg runs.
+        # Plain CPU buffers cost nothing measurable at these model sizes.
+        params.use_extra_bufts = False
+        self._lib = lib
+        self.ptr = lib.llama_model_load_from_file(str(self.path).encode(), params)
+        if not self.ptr:
+            raise ModelFileError(
+                f"{self.path}: llama.cpp could not load this GGUF (corrupt or unsupported); "
+                "convert or download it again (--verbose shows llama.cpp's reason)"
+            )
+        self.vocab = lib.llama_model_get_vocab(self.ptr)
+        self.n_vocab = lib.llama_vocab_n_tokens(self.vocab)
+
+    @property
+    def has_text_vocab(self) -> bool:
+        """False for word-level models, whose GGUF declares no llama.cpp tokenizer."""
+        return self._lib.llama_vocab_type(self.vocab) != self._lib.LLAMA_VOCAB_TYPE_NONE
+
+    def tokenize(self, text: str, add_special: bool = True, parse_special: bool = True) -> list[int]:
+        """llama.cpp's own tokenization (SentencePiece models only)."""
+        if not self.has_text_vocab:
+            # llama.cpp aborts the process on any text call with a vocabulary of type none.
+            raise ModelFileError(f"{self.path}: this model has no llama.cpp tokenizer; use dtg_cli.tokenizer")
+        data = text.encode("utf-8")
+        capacity = len(data) + 8
+        tokens = (self._lib.llama_token * capacity)()
+        n = self._lib.llama_tokenize(self.vocab, data, len(data), tokens, capacity, add_special, parse_special)
+        if n < 0:
+            capacity = -n
+            tokens = (self._lib.llama_token * capacity)()
+            n = self._lib.llama_tokenize(self.vocab, data, len(data), tokens, capacity, add_special, parse_special)
+        return list(tokens[:n])
+
+    def close(self) -> None:
+        if self.ptr:
+            self._lib.llama_model_free(self.ptr)
+            self.ptr = None
+
+    def __del__(self):
+        self.close()
+
+    def __enter__(self) -> Model:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class Context:
+    """An inference context (KV cache) on a loaded model."""
+
+    def __init__(self, model: Model, n_ctx: int = 1024, n_batch: int = 512, n_seq_max: int = 1, n_threads: int | None = None):
+        lib = model._lib
+        params = lib.llama_context_default_params()
+        params.n_ctx = n_ctx
+        params.n_batch = n_batch
+        params.n_ubatch = n_batch
+        params.n_seq_max = n_seq_max
+        threads = n_threads or os.cpu_count() or 1
+        params.n_threads = threads
+        params.n_threads_batch = threads
+        self._lib = lib
+        self.model = model
+        self.n_batch = n_batch
+        self.ptr = lib.llama_init_from_model(model.ptr, params)
+        if not self.ptr:
+            raise ModelFileError(f"{model.path}: llama.cpp could not create a context (out of memory?)")
+
+    def logits(self, token_ids: list[int]) -> np.ndarray:
+        """Decode `token_ids` from position 0 as one sequence; return the logits at every position."""
+        lib = self._lib
+        lib.llama_memory_clear(lib.llama_get_memory(self.ptr), True)
+        out = np.empty((len(token_ids), self.model.n_vocab), dtype=np.float32)
+        batch = lib.llama_batch_init(self.n_batch, 0, 1)
+        try:
+            for start in range(0, len(token_ids), self.n_batch):
+                chunk = token_ids[start : start + self.n_batch]
+                batch.n_tokens = len(chunk)
+                for i, tok in enumerate(chunk):
+                    batch.token[i] = tok
+                    batch.pos[i] = start + i
+                    batch.n_seq_id[i] = 1
+                    batch.seq_id[i][0] = 0
+                    batch.logits[i] = 1
+                rc = lib.llama_decode(self.ptr, batch)
+                if rc != 0:
+                    raise ModelFileError(f"{self.model.path}: llama_decode failed with code {rc}")
+                for i in range(len(chunk)):
+                    row = lib.llama_get_logits_ith(self.ptr, i)
+                    out[start + i] = np.ctypeslib.as_array(row, shape=(self.model.n_vocab,))
+        finally:
+            lib.llama_batch_free(batch)
+        return out
+
+    def close(self) -> None:
+        if self.ptr:
+            self._lib.llama_free(self.ptr)
+            self.ptr = None
+
+    def __del__(self):
+        self.close()
+
+    def __enter__(self) -> Context:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,47 @@
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from tests.checkpoints import TINY, build_checkpoint
+
+
+def pytest_configure(config):
+    """No test touches the network or the user's caches. Set before collection: huggingface_hub reads
+    these when it is first imported, which test modules do when they import transformers."""
+    os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="dtg-test-hf-home-")
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ.pop("HF_TOKEN", None)
+    os.environ.pop("DTG_DEBUG", None)
+
+
+@pytest.fixture(scope="session")
+def checkpoints(tmp_path_factory) -> dict[str, Path]:
+    """Tiny random-weight checkpoints of every architecture, built once per session."""
+    root = tmp_path_factory.mktemp("checkpoints")
+    return {kind: build_checkpoint(root / kind, spec, seed=0, license="apache-2.0") for kind, spec in TINY.items()}
+
+
+@pytest.fixture(scope="session")
+def ggufs(checkpoints, tmp_path_factory) -> dict[str, dict[str, Path]]:
+    """Each checkpoint converted to F16, Q8_0 and Q6_K: {kind: {quant: path}}."""
+    from convert import convert
+
+    out = tmp_path_factory.mktemp("gguf")
+    result = {}
+    for kind, directory in checkpoints.items():
+        paths = convert(directory, out, ["f16", "q8_0", "q6_k"])
+        result[kind] = dict(zip(["f16", "q8_0", "q6_k"], paths))
+    return result
+
+
+@pytest.fixture
+def checkpoint_copy(checkpoints, tmp_path):
+    """A writable copy of one fixture checkpoint, for tests that damage it."""
+
+    def copy(kind: str) -> Path:
+        return Path(shutil.copytree(checkpoints[kind], tmp_path / kind))
+
+    return copy

@@ -1,0 +1,152 @@
+"""The converted files against the reference implementation (transformers + torch)."""
+
+import random
+import subprocess
+import sys
+
+import pytest
+
+from tests.checkpoints import DART_SPECIAL_TOKENS, TINY, dart_vocab
+
+pytest.importorskip("torch", reason="parity needs torch: pip install torch==2.13.0")
+pytest.importorskip("transformers", reason="parity needs transformers")
+
+pytestmark = pytest.mark.reference
+
+MAX_MEAN_KL = {"f16": 1e-4, "q8_0": 0.01, "q6_k": 0.1}
+
+
+@pytest.fixture(scope="module")
+def parity(checkpoints, ggufs):
+    from convert.verify import verify
+
+    results = {}
+    for kind in TINY:
+        for quant, result in zip(ggufs[kind], verify(checkpoints[kind], list(ggufs[kind].values()))):
+            results[kind, quant] = result
+    return results
+
+
+@pytest.mark.parametrize("quant", ["f16", "q8_0", "q6_k"])
+@pytest.mark.parametrize("kind", sorted(TINY))
+def test_logits_match_transformers(parity, kind, quant):
+    result = parity[kind, quant]
+    assert 55 <= result.positions <= 75
+    assert result.mean_kl <= MAX_MEAN_KL[quant], result.line()
+    if quant == "f16":
+        assert result.top1_agreement == 1.0, result.line()
+        assert result.max_abs_logit_diff < 0.1, result.line()
+
+
+def test_fixture_distributions_are_peaked(checkpoints):
+    """The random weights give logits with a range of tens, so the parity thresholds mean something."""
+    from convert.verify import reference_logits, verification_prompt
+
+    for kind, directory in checkpoints.items():
+        logits = reference_logits(directory, verification_prompt(directory))
+        spread = (logits.max(-1) - logits.min(-1)).mean()
+        assert 20 < spread < 100, (kind, spread)
+
+
+def test_mish_checkpoint_differs_from_its_silu_gguf(checkpoint_copy, tmp_path):
+    """DanTagGen's config says mish; llama.cpp computes SiLU. --verify must show the difference, not hide it."""
+    import json
+
+    from convert import convert
+    from convert.verify import verify
+
+    directory = checkpoint_copy("dantaggen")
+    config = json.loads((directory / "config.json").read_text())
+    config["hidden_act"] = "mish"
+    (directory / "config.json").write_text(json.dumps(config))
+    (result,) = verify(directory, convert(directory, tmp_path / "out", "f16"))
+    assert result.mean_kl > MAX_MEAN_KL["f16"]
+
+
+def dart_prompts(count: int) -> list[str]:
+    rng = random.Random(1234)
+    vocab = dart_vocab()[103:]
+    spaces = [" ", "  ", "\t", "\n", "\u3000", "\xa0", "\x1c", "\u2003", "\x85", "\u200b", ""]
+    separators = [",", ", ", ",  ", ",\t", ", \n", " , ", ",,", "", ",\u3000", ",\x1c", ",\xa0"]
+
+    def tag() -> str:
+        r = rng.random()
+        if r < 0.55:
+            t = rng.choice(vocab)
+        elif r < 0.7:
+            t = rng.choice(DART_SPECIAL_TOKENS)
+        elif r < 0.8:  # unknown tags, odd characters, letters whose lower case is special
+            t = "".join(rng.choice("abcxyz_ ()İΣ:;^") for _ in range(rng.randint(1, 8)))
+        else:
+            t = rng.choice(vocab)
+            t = t.upper() if rng.random() < 0.5 else t.title()
+        return t.replace(" ", "_") if rng.random() < 0.1 else t
+
+    prompts = []
+    for _ in range(count):
+        text = "".join(tag() + rng.choice(separators) for _ in range(rng.randint(0, 12)))
+        if rng.random() < 0.3:
+            text = rng.choice(spaces) + text + rng.choice(spaces)
+        prompts.append(text)
+    return prompts
+
+
+def test_dart_tokenizer_from_the_gguf_matches_hf(checkpoints, ggufs):
+    from tokenizers import Tokenizer
+
+    from dtg_cli.tokenizer import WordLevelTokenizer
+
+    reference = Tokenizer.from_file(str(checkpoints["dart-moe"] / "tokenizer.json"))
+    ours = WordLevelTokenizer.from_gguf(ggufs["dart-moe"]["q8_0"])
+    prompts = dart_prompts(500) + [
+        "<|bos|><copyright>vocaloid</copyright><character>hatsune miku</character><|rating:general|>"
+        "<|aspect_ratio:tall|><|length:long|><general>1girl, cat ears<|identity:none|><|input_end|>",
+        "1girl<|identity:none|>",
+        "CAT EARS,Cat_Ears ,  cat ears",
+        "",
+        ",,,",
+    ]
+    mismatches = [p for p in prompts if ours.encode(p) != reference.encode(p, add_special_tokens=False).ids]
+    assert mismatches == []
+    ids = reference.encode(prompts[-5]).ids
+    assert ours.tokens(ids) == [reference.id_to_token(i) for i in ids]
+
+
+def test_dantaggen_prompts_tokenize_in_llama_cpp_like_hf(checkpoints, ggufs):
+    from transformers import AutoTokenizer
+
+    from dtg_cli.llama import Model
+
+    reference = AutoTokenizer.from_pretrained(str(checkpoints["dantaggen"]))
+    prompts = []
+    for quality in (None, "masterpiece"):
+        for rating, artist, character, copyright, ratio, target, general in [
+            ("safe", "", "", "", 1.0, "<|long|>", "1girl, solo"),
+            ("<|empty|>", "<|empty|>", "<|empty|>", "<|empty|>", 0.6, "<|very_short|>", ""),
+            ("nsfw", "wlop", "ganyu (genshin impact)", "genshin impact", 1.8, "<|very_long|>", "1girl, :d, ^^^, \\(cosplay\\)"),
+            ("general", "ke-ta, kantoku", "hatsune miku, kagamine rin", "vocaloid", 0.7, "<|short|>", "2girls, multiple girls, café, 日本語"),
+        ]:
+            lines = [f"quality: {quality}"] if quality else []
+            lines += [f"rating: {rating}", f"artist: {artist or '<|empty|>'}", f"characters: {character or '<|empty|>'}"]
+            lines += [f"copyrights: {copyright or '<|empty|>'}", f"aspect ratio: {ratio:.1f}", f"target: {target}"]
+            lines += [f"general: {general}<|input_end|>"]
+            prompts.append("\n".join(lines))
+    with Model(ggufs["dantaggen"]["q8_0"], n_gpu_layers=0) as model:
+        for prompt in prompts:
+            assert model.tokenize(prompt) == reference(prompt)["input_ids"], prompt
+
+
+def test_quantized_models_load_and_decode_in_a_fresh_process(ggufs):
+    """A crash in llama.cpp (such as the AMX one) kills the process: check in a child, so it is reported."""
+    code = (
+        "import sys\n"
+        "from dtg_cli.llama import Context, Model\n"
+        "for path in sys.argv[1:]:\n"
+        "    with Model(path) as m, Context(m, n_ctx=64, n_batch=16) as c:\n"
+        "        assert c.logits([0, 6, 103, 104]).shape == (4, m.n_vocab)\n"
+        "print('ok')\n"
+    )
+    paths = [str(ggufs[kind][q]) for kind in TINY for q in ("q8_0", "q6_k")]
+    done = subprocess.run([sys.executable, "-c", code, *paths], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "ok"
