@@ -1,0 +1,3 @@
+from dtg_cli.cli import main
+
+main()

@@ -1,0 +1,184 @@
+import hashlib
+import json
+import shutil
+import sys
+
+import gguf
+import pytest
+from typer.testing import CliRunner
+
+from dtg_cli.cli import app
+
+runner = CliRunner()
+
+
+def run(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def assert_one_line_error(result, *fragments):
+    assert result.exit_code != 0
+    lines = result.stderr.strip().splitlines()
+    # progress lines may come first; the error is the last line, the only one, with no traceback
+    assert lines[-1].startswith("error: "), result.stderr
+    assert sum(line.startswith("error: ") for line in lines) == 1 and "Traceback" not in result.stderr
+    for fragment in fragments:
+        assert fragment in lines[-1]
+    assert result.stdout == ""
+
+
+def no_gguf(directory):
+    return not directory.exists() or not [p for p in directory.iterdir() if ".gguf" in p.name]
+
+
+def test_help_lists_convert():
+    result = run("--help")
+    assert result.exit_code == 0 and "convert" in result.stdout
+    assert "--quant" in run("convert", "--help").stdout
+
+
+def test_help_does_not_import_llama_cpp():
+    import subprocess
+
+    code = "import sys; from dtg_cli.cli import main; sys.argv=['dtg','--help']\ntry: main()\nexcept SystemExit: pass\nprint('llama_cpp' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.stdout.strip().endswith("False")
+
+
+def test_convert_prints_the_written_paths(checkpoints, tmp_path):
+    result = run("convert", checkpoints["dart-moe"], "--out", tmp_path, "--quant", "f16,q6_k", "--name", "dart")
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.splitlines() == [str(tmp_path / "dart-F16.gguf"), str(tmp_path / "dart-Q6_K.gguf")]
+    assert "quantizing to Q6_K" in result.stderr
+
+
+def test_directory_without_config(tmp_path):
+    (tmp_path / "ckpt").mkdir()
+    result = run("convert", tmp_path / "ckpt", "--out", tmp_path / "out")
+    assert_one_line_error(result, "no config.json")
+    assert no_gguf(tmp_path / "out")
+
+
+def test_unsupported_architecture_is_named_with_the_supported_ones(checkpoint_copy, tmp_path):
+    directory = checkpoint_copy("dart-dense")
+    config = json.loads((directory / "config.json").read_text())
+    config["architectures"] = ["GPT2LMHeadModel"]
+    (directory / "config.json").write_text(json.dumps(config))
+    result = run("convert", directory, "--out", tmp_path / "out")
+    assert_one_line_error(result, "GPT2LMHeadModel", "LlamaForCausalLM", "MistralForCausalLM", "MixtralForCausalLM")
+    assert no_gguf(tmp_path / "out")
+
+
+@pytest.mark.parametrize("kind,files", [("dart-moe", ["tokenizer.json"]), ("dantaggen", ["tokenizer.model"])])
+def test_missing_tokenizer(checkpoint_copy, tmp_path, kind, files):
+    directory = checkpoint_copy(kind)
+    for name in files:
+        (directory / name).unlink()
+    result = run("convert", directory, "--out", tmp_path / "out")
+    assert_one_line_error(result, "tokenizer")
+    assert no_gguf(tmp_path / "out")
+
+
+@pytest.mark.parametrize(
+    "kind,name,content",
+    [
+        ("dart-moe", "tokenizer.json", b'{"model": {"type": "WordLevel", "vocab": {'),
+        ("dart-moe", "tokenizer.json", b"\xff\xfe not utf-8"),
+        ("dantaggen", "tokenizer.model", b"\x0a\xff\xff\xff\xff\x0f broken"),
+    ],
+)
+def test_unreadable_tokenizer(checkpoint_copy, tmp_path, kind, name, content):
+    directory = checkpoint_copy(kind)
+    (directory / name).write_bytes(content)
+    result = run("convert", directory, "--out", tmp_path / "out")
+    assert_one_line_error(result, name)
+    assert no_gguf(tmp_path / "out")
+
+
+def test_truncated_safetensors(checkpoint_copy, tmp_path):
+    directory = checkpoint_copy("dart-moe")
+    weights = directory / "model.safetensors"
+    with weights.open("r+b") as f:
+        f.truncate(weights.stat().st_size // 2)
+    result = run("convert", directory, "--out", tmp_path / "out")
+    assert_one_line_error(result, "truncated", "download it again")
+    assert no_gguf(tmp_path / "out")
+
+
+def test_unknown_quant(checkpoints, tmp_path):
+    result = run("convert", checkpoints["dart-moe"], "--out", tmp_path / "out", "--quant", "f16,q4_0")
+    assert_one_line_error(result, "q4_0", "f16, q8_0, q6_k")
+    assert no_gguf(tmp_path / "out")
+
+
+def test_output_directory_that_cannot_be_written(checkpoints, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    result = run("convert", checkpoints["dart-moe"], "--out", blocker / "out")
+    assert_one_line_error(result, "cannot write to output directory")
+
+
+def test_not_a_directory_nor_a_repo_id(tmp_path):
+    assert_one_line_error(run("convert", tmp_path / "missing" / "dir", "--out", tmp_path), "not a checkpoint directory")
+
+
+def test_debug_variable_shows_the_traceback(tmp_path, monkeypatch):
+    monkeypatch.setenv("DTG_DEBUG", "1")
+    (tmp_path / "ckpt").mkdir()
+    result = run("convert", tmp_path / "ckpt", "--out", tmp_path / "out")
+    assert result.exit_code != 0
+    assert type(result.exception).__name__ == "CheckpointError"
+
+
+def fill_hub_cache(repo_id, directory, commit="0123456789abcdef0123456789abcdef01234567"):
+    """Lay out files the way huggingface_hub's cache stores a download of `repo_id` at `commit`."""
+    from pathlib import Path
+
+    from huggingface_hub import constants
+
+    repo_dir = Path(constants.HF_HUB_CACHE) / ("models--" + repo_id.replace("/", "--"))
+    assert "dtg-test-hf-home-" in str(repo_dir)  # never the user's own cache
+    snapshot = repo_dir / "snapshots" / commit
+    (repo_dir / "blobs").mkdir(parents=True)
+    snapshot.mkdir(parents=True)
+    (repo_dir / "refs").mkdir()
+    (repo_dir / "refs" / "main").write_text(commit)
+    for path in directory.iterdir():
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        shutil.copy(path, repo_dir / "blobs" / digest)
+        (snapshot / path.name).symlink_to(f"../../blobs/{digest}")
+    return commit
+
+
+def test_hub_repo_id_from_the_offline_cache(checkpoints, tmp_path):
+    commit = fill_hub_cache("p1atdev/dart-v2-moe-sft", checkpoints["dart-moe"])
+    result = run("convert", "p1atdev/dart-v2-moe-sft", "--out", tmp_path / "out", "--quant", "q8_0")
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.strip() == str(tmp_path / "out" / "dart-v2-moe-sft-Q8_0.gguf")
+    kv = {f.name: f.contents() for f in gguf.GGUFReader(result.stdout.strip()).fields.values()}
+    assert kv["dtg.source.repo"] == "p1atdev/dart-v2-moe-sft"
+    assert kv["dtg.source.revision"] == commit
+    assert kv["general.source.repo_url"] == "https://huggingface.co/p1atdev/dart-v2-moe-sft"
+    assert kv["general.name"] == "dart-v2-moe-sft"
+
+
+def test_hub_repo_missing_from_the_offline_cache(tmp_path):
+    result = run("convert", "p1atdev/dart-v2-sft", "--out", tmp_path / "out")
+    assert_one_line_error(result, "not in the Hugging Face cache", "HF_HUB_OFFLINE")
+
+
+def test_verify_without_transformers_says_how_to_install(checkpoints, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "transformers", None)  # makes `import transformers` fail
+    result = run("convert", checkpoints["dart-dense"], "--out", tmp_path / "out", "--verify")
+    assert_one_line_error(result, "pip install", "torch")
+    assert no_gguf(tmp_path / "out")
+
+
+@pytest.mark.reference
+def test_verify_prints_figures_per_file(checkpoints, tmp_path):
+    pytest.importorskip("transformers")
+    result = run("convert", checkpoints["dart-dense"], "--out", tmp_path, "--quant", "f16,q8_0", "--verify")
+    assert result.exit_code == 0, result.stderr
+    lines = [line for line in result.stderr.splitlines() if "mean KL" in line]
+    assert [line.split(":")[0] for line in lines] == ["dart-dense-F16.gguf", "dart-dense-Q8_0.gguf"]
+    assert all("top-1 agreement" in line and "max |logit diff|" in line for line in lines)
