@@ -39,17 +39,18 @@ def parse_quants(value: str | Sequence[str]) -> list[str]:
 
 
 @contextlib.contextmanager
-def _atomic_path(final: Path) -> Iterator[Path]:
-    """A temporary path beside `final`, renamed onto it only if the block succeeds."""
+def _atomic_path(final: Path, publish: bool = True) -> Iterator[Path]:
+    """A temporary path beside `final`, renamed onto it if the block succeeds and `publish`; else removed."""
     fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".partial", dir=final.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp_path, 0o666 & ~umask)  # mkstemp creates 0600
-        os.replace(tmp_path, final)
+        if publish:
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp_path, 0o666 & ~umask)  # mkstemp creates 0600
+            os.replace(tmp_path, final)
     finally:
         tmp_path.unlink(missing_ok=True)
 
@@ -102,10 +103,8 @@ def convert(
     written: list[Path] = []
     # The F16 file is the source of every quantization: written first, kept only if asked for.
     with contextlib.ExitStack() as stack:
-        if "f16" in quants:
-            f16_tmp = stack.enter_context(_atomic_path(targets["f16"]))
-        else:
-            f16_tmp = stack.enter_context(_scratch_file(out_dir, name))
+        f16_final = targets.get("f16", out_dir / f"{name}-F16.gguf")
+        f16_tmp = stack.enter_context(_atomic_path(f16_final, publish="f16" in quants))
         label = f"writing {name}-F16.gguf"
 
         def on_tensor(_name: str, index: int, total: int) -> None:
@@ -124,16 +123,6 @@ def convert(
     if "f16" in quants:
         written.insert(0, targets["f16"])
     return written
-
-
-@contextlib.contextmanager
-def _scratch_file(out_dir: Path, name: str) -> Iterator[Path]:
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}-F16.", suffix=".partial", dir=out_dir)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
 
 
 def _snapshot_revision(directory: Path) -> str | None:
