@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 from dtg_cli.errors import DtgError
@@ -31,7 +33,32 @@ def looks_like_repo_id(text: str) -> bool:
 def download_checkpoint(repo_id: str, revision: str | None = None) -> Path:
     """Fetch the files a conversion needs into the hub cache and return the snapshot directory."""
     from huggingface_hub import snapshot_download
+
+    with _hub_errors(repo_id, revision, what=repo_id):
+        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=CHECKPOINT_FILES))
+
+
+def download_file(repo_id: str, filename: str, revision: str | None = None) -> Path:
+    """Fetch one file of a repo into the hub cache (or find it there) and return its path."""
+    from huggingface_hub import hf_hub_download
+
+    with _hub_errors(repo_id, revision, what=f"{filename} of {repo_id}", filename=filename):
+        return Path(hf_hub_download(repo_id, filename, revision=revision))
+
+
+def cached_file(repo_id: str, filename: str, revision: str | None = None) -> Path | None:
+    """The path of a file already in the hub cache, without any network access; None if it is not there."""
+    from huggingface_hub import try_to_load_from_cache
+
+    found = try_to_load_from_cache(repo_id, filename, revision=revision)
+    return Path(found) if isinstance(found, str) else None
+
+
+@contextlib.contextmanager
+def _hub_errors(repo_id: str, revision: str | None, what: str, filename: str | None = None) -> Iterator[None]:
+    """Turn huggingface_hub's exceptions into one-line errors that say what to do."""
     from huggingface_hub.errors import (
+        EntryNotFoundError,
         GatedRepoError,
         HfHubHTTPError,
         LocalEntryNotFoundError,
@@ -40,7 +67,7 @@ def download_checkpoint(repo_id: str, revision: str | None = None) -> Path:
     )
 
     try:
-        path = snapshot_download(repo_id, revision=revision, allow_patterns=CHECKPOINT_FILES)
+        yield
     except GatedRepoError as e:
         raise DtgError(f"{repo_id} is gated: accept its terms on huggingface.co and set HF_TOKEN") from e
     except RepositoryNotFoundError as e:
@@ -48,10 +75,12 @@ def download_checkpoint(repo_id: str, revision: str | None = None) -> Path:
     except RevisionNotFoundError as e:
         raise DtgError(f"{repo_id}: no revision {revision!r}") from e
     except LocalEntryNotFoundError as e:
+        command = f"hf download {repo_id}" + (f" {filename}" if filename else "") + (f" --revision {revision}" if revision else "")
         raise DtgError(
-            f"{repo_id} is not in the Hugging Face cache and the hub cannot be reached (HF_HUB_OFFLINE is set or "
-            f"the network is down); download it where there is a connection: hf download {repo_id}"
+            f"{what} is not in the Hugging Face cache and the hub cannot be reached (HF_HUB_OFFLINE is set or "
+            f"the network is down); download it where there is a connection: {command}"
         ) from e
+    except EntryNotFoundError as e:
+        raise DtgError(f"{repo_id} has no file {filename}") from e
     except (HfHubHTTPError, OSError) as e:
-        raise DtgError(f"{repo_id}: download failed ({e})") from e
-    return Path(path)
+        raise DtgError(f"{what}: download failed ({e})") from e

@@ -87,6 +87,33 @@ class Model:
             n = self._lib.llama_tokenize(self.vocab, data, len(data), tokens, capacity, add_special, parse_special)
         return list(tokens[:n])
 
+    @property
+    def n_ctx_train(self) -> int:
+        return self._lib.llama_model_n_ctx_train(self.ptr)
+
+    def metadata(self, key: str) -> str | None:
+        """A GGUF metadata value as text, or None when the file does not have the key."""
+        size = 256
+        while True:
+            buf = ctypes.create_string_buffer(size)
+            n = self._lib.llama_model_meta_val_str(self.ptr, key.encode(), buf, size)
+            if n < 0:
+                return None
+            if n < size:
+                return buf.raw[:n].decode("utf-8", errors="replace")
+            size = n + 1
+
+    def piece(self, token: int) -> bytes:
+        """The bytes one token stands for (SentencePiece models only); special tokens give b""."""
+        if not self.has_text_vocab:
+            raise ModelFileError(f"{self.path}: this model has no llama.cpp tokenizer; use dtg_cli.tokenizer")
+        buf = ctypes.create_string_buffer(64)
+        n = self._lib.llama_token_to_piece(self.vocab, token, buf, 64, 0, False)
+        if n < 0:
+            buf = ctypes.create_string_buffer(-n)
+            n = self._lib.llama_token_to_piece(self.vocab, token, buf, -n, 0, False)
+        return buf.raw[:n]
+
     def close(self) -> None:
         if self.ptr:
             self._lib.llama_model_free(self.ptr)
@@ -118,9 +145,43 @@ class Context:
         self._lib = lib
         self.model = model
         self.n_batch = n_batch
+        self._batch = None
         self.ptr = lib.llama_init_from_model(model.ptr, params)
         if not self.ptr:
             raise ModelFileError(f"{model.path}: llama.cpp could not create a context (out of memory?)")
+
+    @property
+    def n_ctx(self) -> int:
+        return self._lib.llama_n_ctx(self.ptr)
+
+    def truncate(self, n_past: int) -> None:
+        """Forget every position from `n_past` on (0 clears the cache)."""
+        lib = self._lib
+        lib.llama_memory_seq_rm(lib.llama_get_memory(self.ptr), -1, n_past, -1)
+
+    def eval(self, token_ids: list[int], n_past: int) -> np.ndarray:
+        """Decode `token_ids` at positions n_past, n_past + 1, ...; return the last position's logits (a copy)."""
+        lib = self._lib
+        if n_past + len(token_ids) > self.n_ctx:
+            raise ModelFileError(f"{self.model.path}: {n_past + len(token_ids)} tokens do not fit the context of {self.n_ctx}")
+        if self._batch is None:
+            self._batch = lib.llama_batch_init(self.n_batch, 0, 1)
+        batch = self._batch
+        for start in range(0, len(token_ids), self.n_batch):
+            chunk = token_ids[start : start + self.n_batch]
+            batch.n_tokens = len(chunk)
+            for i, tok in enumerate(chunk):
+                batch.token[i] = tok
+                batch.pos[i] = n_past + start + i
+                batch.n_seq_id[i] = 1
+                batch.seq_id[i][0] = 0
+                batch.logits[i] = 0
+            batch.logits[len(chunk) - 1] = 1
+            rc = lib.llama_decode(self.ptr, batch)
+            if rc != 0:
+                raise ModelFileError(f"{self.model.path}: llama_decode failed with code {rc}")
+        row = lib.llama_get_logits_ith(self.ptr, -1)
+        return np.ctypeslib.as_array(row, shape=(self.model.n_vocab,)).copy()
 
     def logits(self, token_ids: list[int]) -> np.ndarray:
         """Decode `token_ids` from position 0 as one sequence; return the logits at every position."""
@@ -149,6 +210,9 @@ class Context:
         return out
 
     def close(self) -> None:
+        if self._batch is not None:
+            self._lib.llama_batch_free(self._batch)
+            self._batch = None
         if self.ptr:
             self._lib.llama_free(self.ptr)
             self.ptr = None

@@ -17,6 +17,24 @@ def pytest_configure(config):
     os.environ.pop("DTG_DEBUG", None)
 
 
+@pytest.fixture(autouse=True)
+def hub_cache(tmp_path_factory, monkeypatch):
+    """Each test gets an empty hub cache of its own, read and written by the real huggingface_hub code."""
+    from huggingface_hub import constants
+
+    root = Path(os.environ["HF_HOME"]) / tmp_path_factory.mktemp("hub").name
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(root))
+    return root
+
+
+@pytest.fixture(autouse=True)
+def dtg_home(tmp_path_factory, monkeypatch):
+    """Each test gets an empty DTG_HOME (dtg's model cache)."""
+    home = tmp_path_factory.mktemp("dtg-home")
+    monkeypatch.setenv("DTG_HOME", str(home))
+    return home
+
+
 @pytest.fixture(scope="session")
 def checkpoints(tmp_path_factory) -> dict[str, Path]:
     """Tiny random-weight checkpoints of every architecture, built once per session."""

@@ -1,6 +1,4 @@
-import hashlib
 import json
-import shutil
 import sys
 
 import gguf
@@ -8,6 +6,7 @@ import pytest
 from typer.testing import CliRunner
 
 from dtg_cli.cli import app
+from tests.hubcache import fill_hub_cache
 
 runner = CliRunner()
 
@@ -128,26 +127,6 @@ def test_debug_variable_shows_the_traceback(tmp_path, monkeypatch):
     result = run("convert", tmp_path / "ckpt", "--out", tmp_path / "out")
     assert result.exit_code != 0
     assert type(result.exception).__name__ == "CheckpointError"
-
-
-def fill_hub_cache(repo_id, directory, commit="0123456789abcdef0123456789abcdef01234567"):
-    """Lay out files the way huggingface_hub's cache stores a download of `repo_id` at `commit`."""
-    from pathlib import Path
-
-    from huggingface_hub import constants
-
-    repo_dir = Path(constants.HF_HUB_CACHE) / ("models--" + repo_id.replace("/", "--"))
-    assert "dtg-test-hf-home-" in str(repo_dir)  # never the user's own cache
-    snapshot = repo_dir / "snapshots" / commit
-    (repo_dir / "blobs").mkdir(parents=True)
-    snapshot.mkdir(parents=True)
-    (repo_dir / "refs").mkdir()
-    (repo_dir / "refs" / "main").write_text(commit)
-    for path in directory.iterdir():
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()
-        shutil.copy(path, repo_dir / "blobs" / digest)
-        (snapshot / path.name).symlink_to(f"../../blobs/{digest}")
-    return commit
 
 
 def test_hub_repo_id_from_the_offline_cache(checkpoints, tmp_path):

@@ -1,0 +1,110 @@
+"""The model registry: `models.toml`, loaded and validated in one place."""
+
+from __future__ import annotations
+
+import difflib
+import sys
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+
+from dtg_cli.errors import DtgError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+GGUF_SOURCES = ("convert", "download")
+
+
+class UnknownModelError(DtgError):
+    """A model name that is neither in the registry nor a GGUF file."""
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    repo: str
+    family: str
+    prompt: str
+    architecture: str
+    params: str
+    gguf: str  # "convert": safetensors converted locally; "download": the repo publishes GGUF files
+    revision: str | None = None
+    license: str | None = None
+
+    def gguf_filename(self, quant: str) -> str:
+        """The file name of one quantization in the repo (download) or in dtg's cache (convert)."""
+        if self.gguf == "download":
+            return {"f16": "ggml-model-f16.gguf", "q8_0": "ggml-model-Q8_0.gguf", "q6_k": "ggml-model-Q6_K.gguf"}[quant]
+        from convert.quantize import FILE_SUFFIXES
+
+        return f"{self.name}-{FILE_SUFFIXES[quant]}.gguf"
+
+
+def _default_path():
+    return resources.files("dtg_cli").joinpath("models.toml")
+
+
+def parse_registry(text: str, source: str = "models.toml") -> dict[str, ModelEntry]:
+    """Parse and validate a registry; every problem is reported with the model it concerns."""
+    from dtg_cli.prompts import FORMATS
+
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise DtgError(f"{source}: not valid TOML ({e})") from e
+    models = data.get("models")
+    if not isinstance(models, dict) or not models:
+        raise DtgError(f"{source}: no [models.NAME] tables")
+    required = {"repo", "family", "prompt", "architecture", "params", "gguf"}
+    optional = {"revision", "license"}
+    entries = {}
+    for name, table in models.items():
+        if not isinstance(table, dict):
+            raise DtgError(f"{source}: models.{name} must be a table")
+        missing = required - table.keys()
+        unknown = table.keys() - required - optional
+        if missing or unknown:
+            what = [f"missing {', '.join(sorted(missing))}"] if missing else []
+            what += [f"unknown key {', '.join(sorted(unknown))}"] if unknown else []
+            raise DtgError(f"{source}: models.{name}: {'; '.join(what)}")
+        if not all(isinstance(v, str) for v in table.values()):
+            raise DtgError(f"{source}: models.{name}: every value must be a string")
+        if table["gguf"] not in GGUF_SOURCES:
+            raise DtgError(f"{source}: models.{name}: gguf must be one of {', '.join(GGUF_SOURCES)}")
+        if table["prompt"] not in FORMATS:
+            raise DtgError(f"{source}: models.{name}: unknown prompt format {table['prompt']!r} (known: {', '.join(FORMATS)})")
+        entries[name] = ModelEntry(name=name, **table)
+    return entries
+
+
+@lru_cache(maxsize=1)
+def registry() -> dict[str, ModelEntry]:
+    """Every model dtg knows by name."""
+    return parse_registry(_default_path().read_text(encoding="utf-8"))
+
+
+def lookup(name: str) -> ModelEntry:
+    """The entry for `name`, or an error that lists the known names (closest first)."""
+    models = registry()
+    if name in models:
+        return models[name]
+    close = difflib.get_close_matches(name, list(models), n=3, cutoff=0.5)
+    hint = f"did you mean {', '.join(close)}? " if close else ""
+    raise UnknownModelError(
+        f"unknown model {name!r}: {hint}known models: {', '.join(models)}; or pass the path of a .gguf file"
+    )
+
+
+def accepting(predicate) -> list[str]:
+    """Names of the registered models whose prompt format satisfies `predicate`."""
+    from dtg_cli.prompts import FORMATS
+
+    return [e.name for e in registry().values() if predicate(FORMATS[e.prompt])]
+
+
+def looks_like_path(model: str) -> bool:
+    return model.endswith(".gguf") or "/" in model or "\\" in model or Path(model).exists()

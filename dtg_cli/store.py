@@ -1,0 +1,186 @@
+"""Where model files live, and getting them there.
+
+DanTagGen repos publish GGUF files: dtg downloads the one asked for into the Hugging Face hub cache and
+uses it from there, so a file fetched by another tool (or `hf download`) is found and works offline.
+Dart repos publish safetensors only: dtg downloads the checkpoint into the hub cache and converts it,
+once, into its own cache: `$DTG_HOME/models`, by default in the user's cache directory.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from dtg_cli.errors import DtgError, ModelFileError, UsageError
+from dtg_cli.registry import ModelEntry, looks_like_path, lookup, registry
+
+QUANTS = ("f16", "q8_0", "q6_k")
+DEFAULT_QUANT = "q8_0"
+
+
+def dtg_home() -> Path:
+    """`$DTG_HOME`, or dtg's folder in the platform's user cache directory."""
+    if os.environ.get("DTG_HOME"):
+        return Path(os.environ["DTG_HOME"]).expanduser()
+    if sys.platform == "win32":
+        base = Path(os.environ.get("LOCALAPPDATA") or Path.home() / "AppData" / "Local")
+        return base / "dtg" / "Cache"
+    if sys.platform == "darwin":
+        return Path.home() / "Library" / "Caches" / "dtg"
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "dtg"
+
+
+def models_dir() -> Path:
+    return dtg_home() / "models"
+
+
+def parse_quant(value: str) -> str:
+    quant = value.strip().lower()
+    if quant not in QUANTS:
+        raise UsageError(f"--quant: {value!r} is not one of {', '.join(QUANTS)}")
+    return quant
+
+
+def on_disk(entry: ModelEntry, quant: str) -> Path | None:
+    """The GGUF of `entry` in `quant` if it is already here (no network)."""
+    if entry.gguf == "download":
+        from dtg_cli.hub import cached_file
+
+        return cached_file(entry.repo, entry.gguf_filename(quant), entry.revision)
+    path = models_dir() / entry.gguf_filename(quant)
+    return path if path.is_file() else None
+
+
+def pull(entry: ModelEntry, quant: str, progress=None, force: bool = False) -> Path:
+    """Make the GGUF of `entry` in `quant` available locally and return its path."""
+    from convert.pipeline import ConvertProgress
+
+    progress = progress or ConvertProgress()
+    found = None if force else on_disk(entry, quant)
+    if found:
+        return found
+    if entry.gguf == "download":
+        from dtg_cli.hub import download_file
+
+        filename = entry.gguf_filename(quant)
+        progress.step(f"downloading {filename} of {entry.repo} from Hugging Face")
+        return download_file(entry.repo, filename, entry.revision)
+    from convert import convert
+
+    progress.step(f"{entry.name} has no GGUF on the hub: downloading {entry.repo} and converting it to {quant.upper()}, once")
+    (path,) = convert(entry.repo, models_dir(), [quant], name=entry.name, revision=entry.revision, force=True, progress=progress)
+    return path
+
+
+@dataclass(frozen=True)
+class Located:
+    path: Path
+    name: str
+    entry: ModelEntry | None  # None for a GGUF file given by path
+
+
+def locate(model: str, quant: str = DEFAULT_QUANT, progress=None, download: bool = True) -> Located:
+    """A registry name or a .gguf path, resolved to a file on disk (pulled first if it is missing)."""
+    if model in registry() or not looks_like_path(model):
+        entry = lookup(model)
+        path = pull(entry, quant, progress) if download else on_disk(entry, quant)
+        if path is None:
+            raise DtgError(f"{entry.name} ({quant}) is not on disk: dtg models pull {entry.name} --quant {quant}")
+        return Located(path, entry.name, entry)
+    path = Path(model).expanduser()
+    if not path.is_file():
+        raise ModelFileError(f"{path}: no such model file")
+    return Located(path, path.stem, None)
+
+
+def remove(entry: ModelEntry, quants: tuple[str, ...] = QUANTS) -> list[Path]:
+    """Delete the GGUF files of `entry` (all quants, or those given); return what was deleted."""
+    removed = []
+    for quant in quants:
+        if entry.gguf == "download":
+            removed += _remove_from_hub_cache(entry.repo, entry.gguf_filename(quant))
+        else:
+            path = models_dir() / entry.gguf_filename(quant)
+            if path.is_file():
+                path.unlink()
+                removed.append(path)
+    return removed
+
+
+def _remove_from_hub_cache(repo_id: str, filename: str) -> list[Path]:
+    """Remove one file from every cached revision of a repo, and its blob once nothing links to it."""
+    from huggingface_hub import scan_cache_dir
+
+    try:
+        cache = scan_cache_dir()
+    except Exception:  # no cache directory yet: nothing to remove
+        return []
+    removed = []
+    for repo in cache.repos:
+        if repo.repo_id != repo_id or repo.repo_type != "model":
+            continue
+        blobs = set()
+        for revision in repo.revisions:
+            for f in revision.files:
+                if f.file_name == filename:
+                    f.file_path.unlink(missing_ok=True)
+                    blobs.add(f.blob_path)
+                    removed.append(f.file_path)
+        still_linked = {f.blob_path for r in repo.revisions for f in r.files if f.file_path.exists()}
+        for blob in blobs - still_linked:
+            blob.unlink(missing_ok=True)
+    return removed
+
+
+def gguf_info(path: Path) -> dict:
+    """What a GGUF says about itself: architecture, sizes, vocabulary, quantization, source."""
+    import gguf
+
+    from convert.quantize import FILE_TYPES
+
+    try:
+        reader = gguf.GGUFReader(str(path))
+    except Exception as e:  # gguf-py raises many kinds on a damaged file
+        raise ModelFileError(f"{path}: not a readable GGUF file ({type(e).__name__}: {e})") from e
+
+    def value(key: str):
+        field = reader.get_field(key)
+        if field is None:
+            return None
+        try:
+            return field.contents()
+        except Exception:
+            return None
+
+    arch = value("general.architecture") or "?"
+    file_type = value("general.file_type")
+    names = {v: k.upper() for k, v in FILE_TYPES.items()}
+    tokenizer = value("tokenizer.ggml.model")
+    hf_json = reader.get_field("tokenizer.huggingface.json") is not None
+    tokens = reader.get_field("tokenizer.ggml.tokens")
+    n_vocab = len(tokens.data) if tokens is not None else value(f"{arch}.vocab_size")
+    params = sum(int(t.n_elements) for t in reader.tensors)
+    info = {
+        "path": str(path),
+        "size_bytes": path.stat().st_size,
+        "name": value("general.name"),
+        "architecture": arch,
+        "quant": names.get(file_type, f"file type {file_type}" if file_type is not None else None),
+        "parameters": params,
+        "layers": value(f"{arch}.block_count"),
+        "hidden": value(f"{arch}.embedding_length"),
+        "feed_forward": value(f"{arch}.feed_forward_length"),
+        "heads": value(f"{arch}.attention.head_count"),
+        "kv_heads": value(f"{arch}.attention.head_count_kv"),
+        "experts": value(f"{arch}.expert_count"),
+        "experts_used": value(f"{arch}.expert_used_count"),
+        "context_length": value(f"{arch}.context_length"),
+        "vocabulary": n_vocab,
+        "tokenizer": "word-level (tokenizer.huggingface.json)" if hf_json and tokenizer in (None, "none") else tokenizer,
+        "source_repo": value("dtg.source.repo") or value("general.source.repo_url"),
+        "source_revision": value("dtg.source.revision"),
+        "license": value("general.license"),
+    }
+    return {k: v for k, v in info.items() if v is not None}

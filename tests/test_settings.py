@@ -1,0 +1,124 @@
+import pytest
+
+from dtg_cli.errors import UsageError
+from dtg_cli.registry import parse_registry, registry
+from dtg_cli.settings import FAMILY_SAMPLING, Request, Sampling, parse_aspect_ratio
+from dtg_cli.tags import clean, compile_bans, escape, split_tags
+
+
+@pytest.mark.parametrize(
+    "value,ratio",
+    [("tall", 0.7), ("ultra-wide", 2.0), ("0.75", 0.75), (1.5, 1.5), ("3:4", 0.75), ("832x1216", 832 / 1216), ("16/9", 16 / 9)],
+)
+def test_aspect_ratio_forms(value, ratio):
+    assert parse_aspect_ratio(value) == pytest.approx(ratio)
+
+
+@pytest.mark.parametrize("value", ["portrait", "0", "-1", "3:0", "nan", "inf", "1:2:3"])
+def test_bad_aspect_ratios(value):
+    with pytest.raises(UsageError, match="--aspect-ratio"):
+        parse_aspect_ratio(value)
+
+
+@pytest.mark.parametrize(
+    "options,message",
+    [
+        ({"rating": "safe"}, "--rating: 'safe' is not one of sfw, general"),
+        ({"length": "huge"}, "--length"),
+        ({"identity": "loose"}, "--identity"),
+        ({"width": 832}, "--width and --height go together"),
+        ({"width": 832, "height": 1216, "aspect_ratio": "tall"}, "not both"),
+        ({"width": 0, "height": 10}, "positive"),
+        ({"num": 0}, "--num"),
+        ({"ban": ["re:("]}, "not a valid regular expression"),
+        ({"ban": ["  "]}, "empty pattern"),
+        ({"sampling": {"temperature": -1}}, "--temperature: -1 must be between 0 and 100"),
+        ({"sampling": {"top_p": 0}}, "--top-p"),
+        ({"sampling": {"top_k": -1}}, "--top-k"),
+        ({"sampling": {"min_p": 1.0}}, "--min-p"),
+        ({"sampling": {"max_new_tokens": 0}}, "--max-new-tokens"),
+        ({"sampling": {"seed": 2**32}}, "--seed"),
+        ({"sampling": {"top_k": 2.5}}, "--top-k: 2.5 is not an integer"),
+        ({"sampling": {"temprature": 1}}, "unknown sampling setting temprature"),
+        ({"colour": "red"}, "unknown setting colour"),
+    ],
+)
+def test_invalid_requests(options, message):
+    with pytest.raises(UsageError) as e:
+        Request.from_options("1girl", **options)
+    assert message in str(e.value)
+
+
+def test_request_keeps_conditions_and_lists_them():
+    r = Request.from_options("1girl, cat ears", character="hatsune miku", rating="General", length="very-long", num=3)
+    assert r.tags == ("1girl", "cat ears") and r.character == ("hatsune miku",)
+    assert r.rating == "general" and r.length == "very_long" and r.num == 3
+    assert r.conditions() == ["character", "rating", "length"]
+
+
+def test_sampling_defaults_fill_only_what_is_unset():
+    s = Sampling(temperature=0.5).with_defaults(FAMILY_SAMPLING["dantaggen"])
+    assert (s.temperature, s.top_p, s.top_k, s.max_new_tokens, s.seed) == (0.5, 0.95, 100, 512, None)
+
+
+def test_clean_tidies_tags():
+    assert clean(["  Cat_Ears ", "cat  ears", "1girl", "", "^_^", "long_hair", "1GIRL"]) == ["cat ears", "1girl", "^_^", "long hair"]
+    assert clean(["o_o_o"], vocabulary={"o_o_o"}) == ["o_o_o"]
+    assert clean(["^_^"], vocabulary={"^ ^"}) == ["^ ^"]
+
+
+def test_split_tags():
+    assert split_tags("1girl,, cat  ears ,") == ["1girl", "cat ears"]
+    assert split_tags(["a, b", "c"]) == ["a", "b", "c"]
+
+
+@pytest.mark.parametrize(
+    "patterns,tag,banned",
+    [
+        (["*hair*"], "long hair", True),
+        (["*hair*"], "hairband", True),
+        (["*hair"], "hairband", False),
+        (["long_hair"], "long hair", True),
+        (["Long Hair"], "long hair", True),
+        (["re:^blue"], "blue eyes", True),
+        (["re:^blue"], "light blue eyes", False),
+        (["re:eyes$", "smile"], "smile", True),
+        ([], "smile", False),
+    ],
+)
+def test_bans(patterns, tag, banned):
+    assert compile_bans(patterns)(tag) is banned
+
+
+def test_escape():
+    assert escape("hatsune miku (cosplay)") == r"hatsune miku \(cosplay\)"
+    assert escape(r"already \(escaped\)") == r"already \(escaped\)"
+
+
+def test_registry_lists_every_released_model():
+    models = registry()
+    assert set(models) == {
+        "dart-v2-moe-sft", "dart-v2-moe-base", "dart-v2-sft", "dart-v2-base", "dantaggen-alpha",
+        "dantaggen-beta", "dantaggen-gamma", "dantaggen-delta", "dantaggen-delta-rev2",
+    }  # fmt: skip
+    assert models["dart-v2-moe-sft"].revision == "167fdb177a6d68e2d4adca0be5f05d21f74e4d41"
+    assert models["dantaggen-delta-rev2"].gguf_filename("q8_0") == "ggml-model-Q8_0.gguf"
+    assert models["dart-v2-sft"].gguf_filename("q6_k") == "dart-v2-sft-Q6_K.gguf"
+    assert {m.prompt for m in models.values()} == {"dart-v2-sft", "dart-v2-base", "dantaggen", "dantaggen-delta"}
+
+
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ("[models.x]\nrepo = 'a/b'", "missing"),
+        ("[models.x]\nrepo='a/b'\nfamily='f'\nprompt='nope'\narchitecture='a'\nparams='1'\ngguf='convert'", "unknown prompt format 'nope'"),
+        ("[models.x]\nrepo='a/b'\nfamily='f'\nprompt='dantaggen'\narchitecture='a'\nparams='1'\ngguf='copy'", "gguf must be one of"),
+        ("[models.x]\nrepo='a/b'\nfamily='f'\nprompt='dantaggen'\narchitecture='a'\nparams='1'\ngguf='convert'\ncolour='red'", "unknown key colour"),
+        ("models = [", "not valid TOML"),
+    ],
+)
+def test_registry_validation(text, message):
+    from dtg_cli.errors import DtgError
+
+    with pytest.raises(DtgError, match=message):
+        parse_registry(text)
