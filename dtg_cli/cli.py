@@ -133,7 +133,7 @@ class _StderrProgress:
         if self.live:
             self.task = self.bar.add_task(description, total=total)
         else:
-            err.print(f"{description}…")
+            err.print(f"{escape(description)}…", soft_wrap=True)
 
     def advance(self, done: int) -> None:
         if self.live and self.task is not None:
@@ -403,14 +403,14 @@ def models_list(
     if output_format == "json":
         print(json.dumps(rows, indent=2))
         return
-    from rich.table import Table
-
-    table = Table(box=None, pad_edge=False)
-    for column in ("name", "family", "params", "license", "on disk", "repo"):
-        table.add_column(column)
-    for r in rows:
-        table.add_row(r["name"], r["family"], r["params"], r["license"] or "see model card", ", ".join(q.upper() for q in r["on_disk"]) or "-", r["repo"])
-    Console(highlight=False, soft_wrap=True).print(table)
+    header = ("name", "family", "params", "license", "on disk", "repo")
+    table = [header] + [
+        (r["name"], r["family"], r["params"], r["license"] or "see model card", ", ".join(q.upper() for q in r["on_disk"]) or "-", r["repo"])
+        for r in rows
+    ]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    for row in table:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
 
 
 @models_app.command("pull")

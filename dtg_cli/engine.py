@@ -265,7 +265,7 @@ class Generator:
             started = time.perf_counter()
             self.context.truncate(len(input_ids))
             new_tags: list[str] = []
-            seen = {t.lower() for t in general}
+            seen = {t.lower() for t in [*fixed, *general]}
 
             def keep(tag: str, variant=variant, new_tags=new_tags, seen=seen) -> None:
                 if tag.lower() in seen or banned(tag):
@@ -285,6 +285,8 @@ class Generator:
                 # DanTagGen stopped short of its length target: continue from everything so far.
                 more_prompt = self.format.build(request, general + new_tags)
                 more_ids = self.tokenizer.encode(more_prompt)
+                if len(more_ids) + sampling.max_new_tokens > self.model.n_ctx_train:
+                    break  # no room to continue: keep what there is
                 self._ensure_context(len(more_ids) + sampling.max_new_tokens)
                 self.context.truncate(0)
                 logits = self.context.eval(more_ids, 0)

@@ -173,8 +173,10 @@ class Request:
         values: dict[str, Any] = {}
         for name in ("copyright", "character", "artist", "quality", "ban"):
             value = conditions.pop(name, None)
-            if value:
-                values[name] = tuple(split_tags(value)) if name != "ban" else tuple(value)
+            if value and name == "ban":
+                values[name] = (value,) if isinstance(value, str) else tuple(value)  # patterns may hold commas
+            elif value:
+                values[name] = tuple(split_tags(value))
         if isinstance(sampling, Mapping):
             known = {f.name for f in fields(Sampling)}
             unknown = set(sampling) - known

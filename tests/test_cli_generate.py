@@ -139,7 +139,7 @@ def test_dart_is_downloaded_and_converted_once_on_first_use(checkpoints, dtg_hom
     fill_hub_cache("p1atdev/dart-v2-moe-sft", checkpoints["dart-moe"], commit=DART_SFT_REVISION)
     first = run("generate", "1girl", "--seed", 1, "--max-new-tokens", 5)
     assert first.exit_code == 0, first.stderr
-    assert "converting it to Q8_0" in first.stderr
+    assert "downloading p1atdev/dart-v2-moe-sft from Hugging Face and converting it to Q8_0" in first.stderr
     path = dtg_home / "models" / "dart-v2-moe-sft-Q8_0.gguf"
     assert path.is_file() and not [p for p in path.parent.iterdir() if "F16" in p.name or "partial" in p.name]
     second = run("generate", "1girl", "--seed", 1, "--max-new-tokens", 5)
@@ -276,3 +276,20 @@ def test_tags_stream_live_on_a_terminal(dart, monkeypatch):
     monkeypatch.delenv("TTY_COMPATIBLE")
     plain = run("generate", "1girl", "-m", dart, "--seed", 4, "--max-new-tokens", 8, "-n", 2)
     assert live.exit_code == 0 and live.stdout == plain.stdout
+
+
+def test_ctrl_c_keeps_what_was_written(dart, monkeypatch):
+    """Results already written stay, and a JSON array is closed, when the user interrupts."""
+    from dtg_cli.engine import Generator
+
+    original = Generator.generate
+
+    def interrupted_after_one(self, request, stream=None):
+        results = original(self, request, stream)
+        yield next(results)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Generator, "generate", interrupted_after_one)
+    result = run("generate", "1girl", "-m", dart, "-n", 3, "--seed", 1, "--max-new-tokens", 3, "--format", "json")
+    assert result.exit_code == 130 and "interrupted" in result.stderr
+    assert [r["seed"] for r in json.loads(result.stdout)] == [1]

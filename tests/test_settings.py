@@ -54,6 +54,8 @@ def test_request_keeps_conditions_and_lists_them():
     assert r.tags == ("1girl", "cat ears") and r.character == ("hatsune miku",)
     assert r.rating == "general" and r.length == "very_long" and r.num == 3
     assert r.conditions() == ["character", "rating", "length"]
+    assert Request.from_options("1girl", ban="re:^(a|b), c").ban == ("re:^(a|b), c",)
+    assert Request.from_options("1girl", ban=["*hair*", "smile"]).ban == ("*hair*", "smile")
 
 
 def test_sampling_defaults_fill_only_what_is_unset():
