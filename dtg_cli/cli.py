@@ -249,7 +249,7 @@ def generate(
     ] = None,
     num: Annotated[int, typer.Option("--num", "-n", help="Results per prompt, with seeds seed, seed+1, ...", rich_help_panel=_OUTPUT)] = 1,
     output_format: Annotated[
-        str, typer.Option("--format", "-f", help="text (one line per result), json (an array) or jsonl.", rich_help_panel=_OUTPUT)
+        str, typer.Option("--format", help="text (one line per result), json (an array) or jsonl.", rich_help_panel=_OUTPUT)
     ] = "text",
     escape_tags: Annotated[bool, typer.Option("--escape", help="Write ( and ) as \\( and \\) for web UIs.", rich_help_panel=_OUTPUT)] = False,
     verbose: Verbose = False,
@@ -258,11 +258,13 @@ def generate(
 
     The first use of a model downloads it from Hugging Face (Dart v2 is converted to GGUF once).
     """
+    import itertools
     from dataclasses import replace
 
     from dtg_cli.errors import UsageError
     from dtg_cli.generate import open_model
     from dtg_cli.settings import Request, Sampling
+    from dtg_cli.tags import split_tags
 
     _setup_logging(verbose)
     if output_format not in ("text", "json", "jsonl"):
@@ -282,31 +284,18 @@ def generate(
         generator = open_model(
             model, quant, prompt_format=prompt_format, n_gpu_layers=n_gpu_layers, threads=threads, progress=progress, request=base
         )
+    log = logging.getLogger("dtg")
     with generator, _Output(output_format, escape_tags) as out:
-        if verbose:
-            log = logging.getLogger("dtg")
-            log.info(f"{generator.name}: {generator.model.path} ({generator.format.name} prompt), loaded in {generator.load_s:.2f} s")
-        prompts = [base] if lines is None else (replace(base, tags=tuple(_split(line))) for line in _chain(first, lines))
+        log.info(f"{generator.name}: {generator.model.path} ({generator.format.name} prompt), loaded in {generator.load_s:.2f} s")
+        prompts = [base] if lines is None else (replace(base, tags=tuple(split_tags(line))) for line in itertools.chain([first], lines))
         for request in prompts:
             for result in generator.generate(request, out.stream):
                 out.write(result)
-                if verbose:
-                    t = result.timings
-                    logging.getLogger("dtg").info(
-                        f"seed {result.seed}: {len(result.new_tags)} new tags, {t['new_tokens']} tokens in "
-                        f"{t['generate_s']:.3f} s ({t['tokens_per_s']} tokens/s), stopped by {result.stop}"
-                    )
-
-
-def _split(line: str) -> list[str]:
-    from dtg_cli.tags import split_tags
-
-    return split_tags(line)
-
-
-def _chain(first, rest):
-    yield first
-    yield from rest
+                t = result.timings
+                log.info(
+                    f"seed {result.seed}: {len(result.new_tags)} new tags, {t['new_tokens']} tokens in "
+                    f"{t['generate_s']:.3f} s ({t['tokens_per_s']} tokens/s), stopped by {result.stop}"
+                )
 
 
 def _input_lines(tags: str | None):
@@ -335,7 +324,9 @@ class _Output:
         return self
 
     def __exit__(self, *exc):
-        # Also on Ctrl-C: what was written stays valid (the array is closed).
+        # Also on Ctrl-C: what was written stays valid (the array is closed, a live line is ended).
+        if self.stream is not None and self.stream.open:
+            self.console.print()
         if self.kind == "json":
             sys.stdout.write("\n]\n" if self.count else "]\n")
         sys.stdout.flush()
@@ -347,6 +338,7 @@ class _Output:
         if self.kind == "text":
             if self.live:
                 self.console.print()
+                self.stream.open = False
             else:
                 sys.stdout.write(", ".join(tags) + "\n")
         else:
@@ -366,10 +358,12 @@ class _LiveLine:
     def __init__(self, output: _Output):
         self.out = output
         self.first = True
+        self.open = False  # a line has been started and not ended
 
     def start(self, variant: int, tags: list[str]) -> None:
         self.out.console.print(", ".join(self.out.fix(t) for t in tags), end="")
         self.first = not tags
+        self.open = True
 
     def tag(self, variant: int, tag: str) -> None:
         self.out.console.print(("" if self.first else ", ") + f"[cyan]{escape(self.out.fix(tag))}[/]", end="")
@@ -384,7 +378,7 @@ app.add_typer(models_app, name="models")
 
 @models_app.command("list")
 def models_list(
-    output_format: Annotated[str, typer.Option("--format", "-f", help="text or json.")] = "text",
+    output_format: Annotated[str, typer.Option("--format", help="text or json.")] = "text",
 ) -> None:
     """Every model dtg knows, and which quantizations of it are on disk."""
     import json
@@ -437,7 +431,7 @@ def models_pull(
 def models_info(
     model: Annotated[str, typer.Argument(help="A model name or a .gguf file.")],
     quant: Annotated[str, typer.Option("--quant", "-q", help="Which file of a named model: f16, q8_0, q6_k.")] = "q8_0",
-    output_format: Annotated[str, typer.Option("--format", "-f", help="text or json.")] = "text",
+    output_format: Annotated[str, typer.Option("--format", help="text or json.")] = "text",
 ) -> None:
     """What a model's GGUF says: architecture, sizes, vocabulary, quantization, source."""
     import json
