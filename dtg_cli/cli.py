@@ -319,16 +319,14 @@ class _Output:
         self.stream = _LiveLine(self) if self.live else None
 
     def __enter__(self):
-        if self.kind == "json":
-            sys.stdout.write("[")
         return self
 
     def __exit__(self, *exc):
         # Also on Ctrl-C: what was written stays valid (the array is closed, a live line is ended).
         if self.stream is not None and self.stream.open:
             self.console.print()
-        if self.kind == "json":
-            sys.stdout.write("\n]\n" if self.count else "]\n")
+        if self.kind == "json" and (self.count or exc[0] is None):
+            sys.stdout.write("\n]\n" if self.count else "[]\n")  # nothing at all for a run that failed at once
         sys.stdout.flush()
 
     def write(self, result) -> None:
@@ -345,7 +343,7 @@ class _Output:
             record = result.to_dict()
             record["tags"], record["new_tags"] = tags, [self.fix(t) for t in result.new_tags]
             if self.kind == "json":
-                sys.stdout.write(("," if self.count else "") + "\n" + json.dumps(record, ensure_ascii=False, indent=2))
+                sys.stdout.write(("," if self.count else "[") + "\n" + json.dumps(record, ensure_ascii=False, indent=2))
             else:
                 sys.stdout.write(json.dumps(record, ensure_ascii=False) + "\n")
         self.count += 1

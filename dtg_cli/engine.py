@@ -182,6 +182,13 @@ class Generator:
                 raise ModelFileError(f"{path}: no tokenizer in this GGUF (neither a llama.cpp vocabulary nor tokenizer.huggingface.json)")
             self.tokenizer = WordTokenizer(text)
         self.format = FORMATS[prompt_format or detect_prompt_format(self.model, self.tokenizer)]
+        family = "dart-v2" if isinstance(self.tokenizer, WordTokenizer) else "dantaggen"
+        if self.format.family != family:
+            self.close()
+            raise UsageError(
+                f"prompt format {self.format.name} is for {self.format.family} models, but {Path(path).name} "
+                f"has a {family} vocabulary; choose one of {', '.join(n for n, f in FORMATS.items() if f.family == family)}"
+            )
         self.stop_ids = {i for i in (self.tokenizer.token_id(t) for t in self.format.stop) if i is not None}
         self.defaults = FAMILY_SAMPLING[self.format.family]
         self.context = None
@@ -189,7 +196,7 @@ class Generator:
         self.load_s = time.perf_counter() - started
 
     def close(self) -> None:
-        if self.context is not None:
+        if getattr(self, "context", None) is not None:
             self.context.close()
         self.model.close()
 

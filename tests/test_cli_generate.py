@@ -245,6 +245,15 @@ def test_corrupt_and_missing_gguf(dart, tmp_path):
     assert_one_line_error(run("generate", "1girl", "-m", tmp_path / "missing.gguf"), "no such model file")
 
 
+def test_prompt_format_of_the_other_family(dart, dtg):
+    assert_one_line_error(run("generate", "1girl", "-m", dart, "--prompt-format", "dantaggen"), "dart-v2 vocabulary", "dart-v2-sft, dart-v2-base")
+    assert_one_line_error(run("generate", "1girl", "-m", dtg, "--prompt-format", "dart-v2-sft"), "dantaggen vocabulary")
+
+
+def test_a_failure_before_any_result_writes_nothing(dart):
+    assert_one_line_error(run("generate", "1girl", "-m", dart, "--max-new-tokens", 2000, "--format", "json"), "takes at most 1024")
+
+
 def test_empty_stdin(dart):
     assert_one_line_error(run("generate", "-m", dart, input=""), "no input")
 
