@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import gzip
-import io
 import json
 import shutil
 from dataclasses import dataclass, replace
