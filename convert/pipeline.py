@@ -9,11 +9,9 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from convert.hf_to_gguf import SourceInfo, read_license, write_gguf_f16
-from convert.quantize import FILE_SUFFIXES, quantize
+from convert.quantize import FILE_SUFFIXES, QUANTS, quantize
 from dtg_cli.errors import DtgError, UsageError
 from dtg_cli.hub import download_checkpoint, looks_like_repo_id
-
-QUANTS = ("f16", "q8_0", "q6_k")
 
 
 class ConvertProgress:

@@ -11,6 +11,7 @@ from dtg_cli.llama import bindings
 # GGUF general.file_type values (llama_ftype) of the formats dtg writes.
 FILE_TYPES = {"f16": 1, "q8_0": 7, "q6_k": 18}
 FILE_SUFFIXES = {"f16": "F16", "q8_0": "Q8_0", "q6_k": "Q6_K"}
+QUANTS = tuple(FILE_TYPES)  # ("f16", "q8_0", "q6_k")
 
 
 def quantize(src: Path, dst: Path, quant: str, threads: int | None = None) -> None:

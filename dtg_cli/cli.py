@@ -436,13 +436,13 @@ def models_info(
     from dataclasses import asdict
 
     from dtg_cli.errors import UsageError
-    from dtg_cli.registry import looks_like_path, lookup, registry
+    from dtg_cli.registry import is_model_name, lookup
     from dtg_cli.store import gguf_info, on_disk, parse_quant
 
     if output_format not in ("text", "json"):
         raise UsageError(f"--format: {output_format!r} is not one of text, json")
     info: dict = {}
-    if model in registry() or not looks_like_path(model):
+    if is_model_name(model):
         entry = lookup(model)
         info["model"] = {k: v for k, v in asdict(entry).items() if v is not None}
         path = on_disk(entry, parse_quant(quant))

@@ -193,6 +193,7 @@ class Generator:
         self.defaults = FAMILY_SAMPLING[self.format.family]
         self.context = None
         self._warned: set[str] = set()
+        self._last_ban: tuple[tuple[str, ...] | None, np.ndarray | None] = (None, None)
         self.load_s = time.perf_counter() - started
 
     def close(self) -> None:
@@ -224,6 +225,18 @@ class Generator:
 
     # -- generation --
 
+    def _ban_mask(self, patterns: tuple[str, ...], banned) -> np.ndarray | None:
+        """For one-token-per-tag vocabularies: -inf on every banned tag, so it is never sampled. Matching the
+        whole vocabulary takes tens of milliseconds, so the mask of the last ban list is kept for the next
+        prompt (a pipeline repeats it on every line)."""
+        if not patterns or self.tokenizer.tag_of is None:
+            return None
+        if self._last_ban[0] != patterns:
+            mask = np.zeros(self.model.n_vocab, dtype=np.float32)
+            mask[[i for i, tag in self.tokenizer.tag_of.items() if banned(tag)]] = -np.inf
+            self._last_ban = (patterns, mask)
+        return self._last_ban[1]
+
     def _ensure_context(self, n_tokens: int) -> None:
         from dtg_cli import llama
 
@@ -250,11 +263,7 @@ class Generator:
         sampling = request.sampling.with_defaults(self.defaults)
         base_seed = sampling.seed if sampling.seed is not None else secrets.randbits(32)
         banned = compile_bans(request.ban)
-        bias = None
-        if request.ban and self.tokenizer.tag_of is not None:
-            # One token per tag: a banned tag is removed from the distribution before sampling.
-            bias = np.zeros(self.model.n_vocab, dtype=np.float32)
-            bias[[i for i, tag in self.tokenizer.tag_of.items() if banned(tag)]] = -np.inf
+        bias = self._ban_mask(request.ban, banned)
 
         general = list(request.tags)
         prompt = self.format.build(request, general)

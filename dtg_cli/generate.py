@@ -31,11 +31,9 @@ def open_model(
     quant = parse_quant(quant)
     if prompt_format is not None and prompt_format not in FORMATS:
         raise UsageError(f"--prompt-format: {prompt_format!r} is not one of {', '.join(FORMATS)}")
-    from dtg_cli.registry import looks_like_path, registry
+    from dtg_cli.registry import is_model_name, lookup
 
-    if request is not None and (model in registry() or not looks_like_path(model)):
-        from dtg_cli.registry import lookup
-
+    if request is not None and is_model_name(model):
         entry = lookup(model)
         check_conditions(request, FORMATS[prompt_format or entry.prompt], entry.name)
     located = locate(model, quant, progress)

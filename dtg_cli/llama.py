@@ -161,12 +161,22 @@ class Context:
 
     def eval(self, token_ids: list[int], n_past: int) -> np.ndarray:
         """Decode `token_ids` at positions n_past, n_past + 1, ...; return the last position's logits (a copy)."""
+        return self._decode(token_ids, n_past, every_position=False)[-1]
+
+    def logits(self, token_ids: list[int]) -> np.ndarray:
+        """Decode `token_ids` from position 0 as one sequence; return the logits at every position."""
+        self.truncate(0)
+        return self._decode(token_ids, 0, every_position=True)
+
+    def _decode(self, token_ids: list[int], n_past: int, every_position: bool) -> np.ndarray:
+        """Decode in chunks of n_batch through one reused llama_batch; logits of every position, or of the last."""
         lib = self._lib
         if n_past + len(token_ids) > self.n_ctx:
             raise ModelFileError(f"{self.model.path}: {n_past + len(token_ids)} tokens do not fit the context of {self.n_ctx}")
         if self._batch is None:
             self._batch = lib.llama_batch_init(self.n_batch, 0, 1)
         batch = self._batch
+        out = np.empty((len(token_ids) if every_position else 1, self.model.n_vocab), dtype=np.float32)
         for start in range(0, len(token_ids), self.n_batch):
             chunk = token_ids[start : start + self.n_batch]
             batch.n_tokens = len(chunk)
@@ -175,38 +185,16 @@ class Context:
                 batch.pos[i] = n_past + start + i
                 batch.n_seq_id[i] = 1
                 batch.seq_id[i][0] = 0
-                batch.logits[i] = 0
+                batch.logits[i] = every_position
             batch.logits[len(chunk) - 1] = 1
             rc = lib.llama_decode(self.ptr, batch)
             if rc != 0:
                 raise ModelFileError(f"{self.model.path}: llama_decode failed with code {rc}")
-        row = lib.llama_get_logits_ith(self.ptr, -1)
-        return np.ctypeslib.as_array(row, shape=(self.model.n_vocab,)).copy()
-
-    def logits(self, token_ids: list[int]) -> np.ndarray:
-        """Decode `token_ids` from position 0 as one sequence; return the logits at every position."""
-        lib = self._lib
-        lib.llama_memory_clear(lib.llama_get_memory(self.ptr), True)
-        out = np.empty((len(token_ids), self.model.n_vocab), dtype=np.float32)
-        batch = lib.llama_batch_init(self.n_batch, 0, 1)
-        try:
-            for start in range(0, len(token_ids), self.n_batch):
-                chunk = token_ids[start : start + self.n_batch]
-                batch.n_tokens = len(chunk)
-                for i, tok in enumerate(chunk):
-                    batch.token[i] = tok
-                    batch.pos[i] = start + i
-                    batch.n_seq_id[i] = 1
-                    batch.seq_id[i][0] = 0
-                    batch.logits[i] = 1
-                rc = lib.llama_decode(self.ptr, batch)
-                if rc != 0:
-                    raise ModelFileError(f"{self.model.path}: llama_decode failed with code {rc}")
+            if every_position:
                 for i in range(len(chunk)):
-                    row = lib.llama_get_logits_ith(self.ptr, i)
-                    out[start + i] = np.ctypeslib.as_array(row, shape=(self.model.n_vocab,))
-        finally:
-            lib.llama_batch_free(batch)
+                    out[start + i] = np.ctypeslib.as_array(lib.llama_get_logits_ith(self.ptr, i), shape=(self.model.n_vocab,))
+        if not every_position:
+            out[0] = np.ctypeslib.as_array(lib.llama_get_logits_ith(self.ptr, -1), shape=(self.model.n_vocab,))
         return out
 
     def close(self) -> None:

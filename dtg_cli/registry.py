@@ -106,5 +106,8 @@ def accepting(predicate) -> list[str]:
     return [e.name for e in registry().values() if predicate(FORMATS[e.prompt])]
 
 
-def looks_like_path(model: str) -> bool:
-    return model.endswith(".gguf") or "/" in model or "\\" in model or Path(model).exists()
+def is_model_name(model: str) -> bool:
+    """True when `--model` names a registry entry (or is meant to); False for a path to a .gguf file."""
+    if model in registry():
+        return True
+    return not (model.endswith(".gguf") or "/" in model or "\\" in model or Path(model).exists())

@@ -13,10 +13,10 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from convert.quantize import QUANTS
 from dtg_cli.errors import DtgError, ModelFileError, UsageError
-from dtg_cli.registry import ModelEntry, looks_like_path, lookup, registry
+from dtg_cli.registry import ModelEntry, is_model_name, lookup
 
-QUANTS = ("f16", "q8_0", "q6_k")
 DEFAULT_QUANT = "q8_0"
 
 
@@ -83,7 +83,7 @@ class Located:
 
 def locate(model: str, quant: str = DEFAULT_QUANT, progress=None, download: bool = True) -> Located:
     """A registry name or a .gguf path, resolved to a file on disk (pulled first if it is missing)."""
-    if model in registry() or not looks_like_path(model):
+    if is_model_name(model):
         entry = lookup(model)
         path = pull(entry, quant, progress) if download else on_disk(entry, quant)
         if path is None:
