@@ -104,6 +104,17 @@ def _root(
 # Options shared by several commands, declared once.
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Also show llama.cpp's own log lines and details.")]
 Threads = Annotated[Optional[int], typer.Option("--threads", min=1, help="CPU threads (default: all cores).")]
+Parallel = Annotated[
+    Optional[int],
+    typer.Option(
+        "--parallel",
+        min=1,
+        max=256,
+        help="Sequences decoded together in one batch (default: 64 on a CPU, 256 with layers on a GPU, fewer "
+        "where their KV cache would pass 1 GiB; dtg generate: at most the number of results).",
+        rich_help_panel="Model",
+    ),
+]
 
 
 class _StderrProgress:
@@ -190,6 +201,9 @@ def _verify(src: str, paths: list[Path], revision: str | None, threads: int | No
 # --- generate ---------------------------------------------------------------------------------------
 
 _SAMPLING = "Sampling (defaults per model family)"
+_CONDITIONS = "Conditions"
+_MODEL = "Model"
+_OUTPUT = "Output"
 
 
 def _family_default(name: str) -> str:
@@ -199,9 +213,50 @@ def _family_default(name: str) -> str:
     if len(set(values.values())) == 1:
         return str(next(iter(values.values())))
     return ", ".join(f"{family} {value}" for family, value in values.items())
-_CONDITIONS = "Conditions"
-_MODEL = "Model"
-_OUTPUT = "Output"
+
+
+# Options of the commands that generate (generate, batch), declared once.
+ModelName = Annotated[str, typer.Option("--model", "-m", help="A model name (dtg models list) or a .gguf file.", rich_help_panel=_MODEL)]
+Quant = Annotated[str, typer.Option("--quant", "-q", help="f16, q8_0 or q6_k.", rich_help_panel=_MODEL)]
+PromptFormat = Annotated[
+    Optional[str],
+    typer.Option(help="Prompt format for a .gguf file dtg cannot identify: dart-v2-sft, dart-v2-base, dantaggen, dantaggen-delta.", rich_help_panel=_MODEL),
+]
+GpuLayers = Annotated[int, typer.Option(help="Layers to offload to the GPU (-1: all; ignored by CPU-only builds).", rich_help_panel=_MODEL)]
+Copyright = Annotated[Optional[str], typer.Option(help="Copyright tags (comma-separated).", rich_help_panel=_CONDITIONS)]
+Character = Annotated[Optional[str], typer.Option(help="Character tags (comma-separated).", rich_help_panel=_CONDITIONS)]
+Artist = Annotated[Optional[str], typer.Option(help="Artist tags (DanTagGen).", rich_help_panel=_CONDITIONS)]
+Rating = Annotated[
+    Optional[str], typer.Option(help="sfw, general, sensitive, nsfw, questionable or explicit (default: sfw).", rich_help_panel=_CONDITIONS)
+]
+AspectRatio = Annotated[
+    Optional[str],
+    typer.Option(help="ultra_tall, tall, square, wide, ultra_wide, a number (width/height) or W:H (default: tall).", rich_help_panel=_CONDITIONS),
+]
+Width = Annotated[Optional[int], typer.Option(help="Image width; with --height, instead of --aspect-ratio.", rich_help_panel=_CONDITIONS)]
+Height = Annotated[Optional[int], typer.Option(help="Image height.", rich_help_panel=_CONDITIONS)]
+Length = Annotated[
+    Optional[str], typer.Option(help="very_short, short, medium, long or very_long (default: long).", rich_help_panel=_CONDITIONS)
+]
+Identity = Annotated[
+    Optional[str], typer.Option(help="Dart SFT: none, lax or strict, how closely to keep the given subjects (default: lax).", rich_help_panel=_CONDITIONS)
+]
+Quality = Annotated[Optional[str], typer.Option(help="DanTagGen delta: quality tags, e.g. masterpiece.", rich_help_panel=_CONDITIONS)]
+Temperature = Annotated[Optional[float], typer.Option(help=f"0 is greedy (default: {_family_default('temperature')}).", rich_help_panel=_SAMPLING)]
+TopP = Annotated[Optional[float], typer.Option(help=f"Nucleus sampling, 1 is off (default: {_family_default('top_p')}).", rich_help_panel=_SAMPLING)]
+TopK = Annotated[Optional[int], typer.Option(help=f"Keep the k likeliest tokens, 0 is off (default: {_family_default('top_k')}).", rich_help_panel=_SAMPLING)]
+MinP = Annotated[
+    Optional[float],
+    typer.Option(help=f"Drop tokens below this fraction of the likeliest, 0 is off (default: {_family_default('min_p')}).", rich_help_panel=_SAMPLING),
+]
+MaxNewTokens = Annotated[
+    Optional[int], typer.Option(help=f"Token budget per result (default: {_family_default('max_new_tokens')}).", rich_help_panel=_SAMPLING)
+]
+Ban = Annotated[
+    Optional[list[str]],
+    typer.Option(help="A tag that must not appear: a glob such as '*hair*' or re:REGEX. Repeatable.", rich_help_panel=_SAMPLING),
+]
+EscapeTags = Annotated[bool, typer.Option("--escape", help="Write ( and ) as \\( and \\) for web UIs.", rich_help_panel=_OUTPUT)]
 
 
 @app.command(no_args_is_help=False)
@@ -210,48 +265,34 @@ def generate(
         Optional[str],
         typer.Argument(help="Comma-separated tags, e.g. \"1girl, cat ears\". '-' (or none, with stdin not a terminal): one prompt per input line."),
     ] = None,
-    model: Annotated[str, typer.Option("--model", "-m", help="A model name (dtg models list) or a .gguf file.", rich_help_panel=_MODEL)] = "dart-v2-moe-sft",
-    quant: Annotated[str, typer.Option("--quant", "-q", help="f16, q8_0 or q6_k.", rich_help_panel=_MODEL)] = "q8_0",
-    prompt_format: Annotated[
-        Optional[str],
-        typer.Option(help="Prompt format for a .gguf file dtg cannot identify: dart-v2-sft, dart-v2-base, dantaggen, dantaggen-delta.", rich_help_panel=_MODEL),
-    ] = None,
-    n_gpu_layers: Annotated[int, typer.Option(help="Layers to offload to the GPU (-1: all; ignored by CPU-only builds).", rich_help_panel=_MODEL)] = -1,
+    model: ModelName = "dart-v2-moe-sft",
+    quant: Quant = "q8_0",
+    prompt_format: PromptFormat = None,
+    n_gpu_layers: GpuLayers = -1,
     threads: Threads = None,
-    copyright: Annotated[Optional[str], typer.Option(help="Copyright tags (comma-separated).", rich_help_panel=_CONDITIONS)] = None,
-    character: Annotated[Optional[str], typer.Option(help="Character tags (comma-separated).", rich_help_panel=_CONDITIONS)] = None,
-    artist: Annotated[Optional[str], typer.Option(help="Artist tags (DanTagGen).", rich_help_panel=_CONDITIONS)] = None,
-    rating: Annotated[
-        Optional[str], typer.Option(help="sfw, general, sensitive, nsfw, questionable or explicit (default: sfw).", rich_help_panel=_CONDITIONS)
-    ] = None,
-    aspect_ratio: Annotated[
-        Optional[str],
-        typer.Option(help="ultra_tall, tall, square, wide, ultra_wide, a number (width/height) or W:H (default: tall).", rich_help_panel=_CONDITIONS),
-    ] = None,
-    width: Annotated[Optional[int], typer.Option(help="Image width; with --height, instead of --aspect-ratio.", rich_help_panel=_CONDITIONS)] = None,
-    height: Annotated[Optional[int], typer.Option(help="Image height.", rich_help_panel=_CONDITIONS)] = None,
-    length: Annotated[
-        Optional[str], typer.Option(help="very_short, short, medium, long or very_long (default: long).", rich_help_panel=_CONDITIONS)
-    ] = None,
-    identity: Annotated[
-        Optional[str], typer.Option(help="Dart SFT: none, lax or strict, how closely to keep the given subjects (default: lax).", rich_help_panel=_CONDITIONS)
-    ] = None,
-    quality: Annotated[Optional[str], typer.Option(help="DanTagGen delta: quality tags, e.g. masterpiece.", rich_help_panel=_CONDITIONS)] = None,
-    temperature: Annotated[Optional[float], typer.Option(help=f"0 is greedy (default: {_family_default('temperature')}).", rich_help_panel=_SAMPLING)] = None,
-    top_p: Annotated[Optional[float], typer.Option(help=f"Nucleus sampling, 1 is off (default: {_family_default('top_p')}).", rich_help_panel=_SAMPLING)] = None,
-    top_k: Annotated[Optional[int], typer.Option(help=f"Keep the k likeliest tokens, 0 is off (default: {_family_default('top_k')}).", rich_help_panel=_SAMPLING)] = None,
-    min_p: Annotated[Optional[float], typer.Option(help=f"Drop tokens below this fraction of the likeliest, 0 is off (default: {_family_default('min_p')}).", rich_help_panel=_SAMPLING)] = None,
-    max_new_tokens: Annotated[Optional[int], typer.Option(help=f"Token budget per result (default: {_family_default('max_new_tokens')}).", rich_help_panel=_SAMPLING)] = None,
+    parallel: Parallel = None,
+    copyright: Copyright = None,
+    character: Character = None,
+    artist: Artist = None,
+    rating: Rating = None,
+    aspect_ratio: AspectRatio = None,
+    width: Width = None,
+    height: Height = None,
+    length: Length = None,
+    identity: Identity = None,
+    quality: Quality = None,
+    temperature: Temperature = None,
+    top_p: TopP = None,
+    top_k: TopK = None,
+    min_p: MinP = None,
+    max_new_tokens: MaxNewTokens = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed of the first result (the next get seed+1, ...); default: random.", rich_help_panel=_SAMPLING)] = None,
-    ban: Annotated[
-        Optional[list[str]],
-        typer.Option(help="A tag that must not appear: a glob such as '*hair*' or re:REGEX. Repeatable.", rich_help_panel=_SAMPLING),
-    ] = None,
+    ban: Ban = None,
     num: Annotated[int, typer.Option("--num", "-n", help="Results per prompt, with seeds seed, seed+1, ...", rich_help_panel=_OUTPUT)] = 1,
     output_format: Annotated[
         str, typer.Option("--format", help="text (one line per result), json (an array) or jsonl.", rich_help_panel=_OUTPUT)
     ] = "text",
-    escape_tags: Annotated[bool, typer.Option("--escape", help="Write ( and ) as \\( and \\) for web UIs.", rich_help_panel=_OUTPUT)] = False,
+    escape_tags: EscapeTags = False,
     verbose: Verbose = False,
 ) -> None:
     """Generate tags from TAGS: the given tags, then the model's new ones, one line per result.
@@ -287,15 +328,27 @@ def generate(
     log = logging.getLogger("dtg")
     with generator, _Output(output_format, escape_tags) as out:
         log.info(f"{generator.name}: {generator.model.path} ({generator.format.name} prompt), loaded in {generator.load_s:.2f} s")
-        prompts = [base] if lines is None else (replace(base, tags=tuple(split_tags(line))) for line in itertools.chain([first], lines))
-        for request in prompts:
-            for result in generator.generate(request, out.stream):
-                out.write(result)
-                t = result.timings
-                log.info(
-                    f"seed {result.seed}: {len(result.new_tags)} new tags, {t['new_tokens']} tokens in "
-                    f"{t['generate_s']:.3f} s ({t['tokens_per_s']} tokens/s), stopped by {result.stop}"
-                )
+        if lines is None:
+            results = generator.generate(base, out.stream, parallel=parallel)
+        else:
+            from dtg_cli.engine import QueuedSource, Task
+
+            tasks = (Task(replace(base, tags=tuple(split_tags(line)))) for line in itertools.chain([first], lines))
+            results = _results(generator.run(QueuedSource(tasks), parallel=parallel, stream=out.stream))
+        for result in results:
+            out.write(result)
+            t = result.timings
+            log.info(
+                f"seed {result.seed}: {len(result.new_tags)} new tags, {t['new_tokens']} tokens in "
+                f"{t['generate_s']:.3f} s ({t['tokens_per_s']} tokens/s), stopped by {result.stop}"
+            )
+
+
+def _results(outcomes):
+    for outcome in outcomes:
+        if outcome.error is not None:
+            raise outcome.error
+        yield outcome.result
 
 
 def _input_lines(tags: str | None):
@@ -335,8 +388,7 @@ class _Output:
         tags = [self.fix(t) for t in result.tags]
         if self.kind == "text":
             if self.live:
-                self.console.print()
-                self.stream.open = False
+                self.stream.finished()
             else:
                 sys.stdout.write(", ".join(tags) + "\n")
         else:
@@ -351,21 +403,254 @@ class _Output:
 
 
 class _LiveLine:
-    """On a terminal: the given tags, then each new tag as the model writes it."""
+    """On a terminal: each result's given tags, then its new tags as the model writes them. With several
+    results decoded together, the first unfinished one is shown live and the others wait their turn."""
 
     def __init__(self, output: _Output):
+        from collections import deque
+
         self.out = output
+        self.units: deque = deque()  # started and not yet written, in output order
+        self.waiting: dict = {}  # unit -> tags of a result that is not shown yet
         self.first = True
         self.open = False  # a line has been started and not ended
 
-    def start(self, variant: int, tags: list[str]) -> None:
-        self.out.console.print(", ".join(self.out.fix(t) for t in tags), end="")
-        self.first = not tags
-        self.open = True
+    def start(self, unit, tags: list[str]) -> None:
+        self.units.append(unit)
+        self.waiting[unit] = (list(tags), [])  # the given tags, the new ones so far
+        if len(self.units) == 1:
+            self._show(unit)
 
-    def tag(self, variant: int, tag: str) -> None:
+    def tag(self, unit, tag: str) -> None:
+        if self.units and self.units[0] == unit:
+            self._print(tag)
+        else:
+            self.waiting[unit][1].append(tag)
+
+    def finished(self) -> None:
+        """The shown result has been written: end its line and show the next one."""
+        self.out.console.print()
+        self.open = False
+        self.units.popleft()
+        if self.units:
+            self._show(self.units[0])
+
+    def _show(self, unit) -> None:
+        given, new = self.waiting.pop(unit)
+        self.out.console.print(", ".join(self.out.fix(t) for t in given), end="")
+        self.first = not given
+        self.open = True
+        for tag in new:
+            self._print(tag)
+
+    def _print(self, tag: str) -> None:
         self.out.console.print(("" if self.first else ", ") + f"[cyan]{escape(self.out.fix(tag))}[/]", end="")
         self.first = False
+
+
+# --- batch ------------------------------------------------------------------------------------------
+
+
+@app.command()
+def batch(
+    input_path: Annotated[
+        str,
+        typer.Argument(
+            metavar="INPUT",
+            help="Prompts: .txt (one comma-separated prompt per line; blank lines and # comments skipped), .jsonl "
+            "(one object per line with generate's options as fields, plus seed, num and id) or .toml ([defaults] "
+            "and [[prompt]] tables); '-' reads stdin.",
+        ),
+    ],
+    output: Annotated[
+        Optional[str], typer.Option("--output", "-o", help="A .jsonl or .txt file (default: text lines on stdout).", rich_help_panel=_OUTPUT)
+    ] = None,
+    model: ModelName = "dart-v2-moe-sft",
+    quant: Quant = "q8_0",
+    prompt_format: PromptFormat = None,
+    n_gpu_layers: GpuLayers = -1,
+    threads: Threads = None,
+    parallel: Parallel = None,
+    copyright: Copyright = None,
+    character: Character = None,
+    artist: Artist = None,
+    rating: Rating = None,
+    aspect_ratio: AspectRatio = None,
+    width: Width = None,
+    height: Height = None,
+    length: Length = None,
+    identity: Identity = None,
+    quality: Quality = None,
+    temperature: Temperature = None,
+    top_p: TopP = None,
+    top_k: TopK = None,
+    min_p: MinP = None,
+    max_new_tokens: MaxNewTokens = None,
+    seed: Annotated[
+        Optional[int],
+        typer.Option(
+            help="Base seed. A record without its own seed gets, for each result, a seed derived from the base seed, "
+            "its id (its line number if it has none) and the result's number (default: the file's [defaults] seed, else 0).",
+            rich_help_panel=_SAMPLING,
+        ),
+    ] = None,
+    ban: Ban = None,
+    num: Annotated[Optional[int], typer.Option("--num", "-n", help="Results per record (default: 1).", rich_help_panel=_OUTPUT)] = None,
+    output_format: Annotated[
+        Optional[str], typer.Option("--format", help="text or jsonl (default: from the -o name; text on stdout).", rich_help_panel=_OUTPUT)
+    ] = None,
+    input_format: Annotated[
+        Optional[str], typer.Option(help="txt, jsonl or toml (default: from the extension, else from the first line).", rich_help_panel=_OUTPUT)
+    ] = None,
+    escape_tags: EscapeTags = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Keep the results already in -o FILE and do the rest.", rich_help_panel="Run")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace -o FILE if it exists.", rich_help_panel="Run")] = False,
+    skip_errors: Annotated[
+        bool, typer.Option("--skip-errors", help="Report a bad record on stderr and go on (default: stop there).", rich_help_panel="Run")
+    ] = False,
+    shard: Annotated[
+        Optional[str],
+        typer.Option(help="K/N: do only the records whose index (from 0) is K modulo N, for N machines numbered 0..N-1.", rich_help_panel="Run"),
+    ] = None,
+    verbose: Verbose = False,
+) -> None:
+    """Generate for every prompt of INPUT, many sequences at a time, writing results in input order.
+
+    Each result is written and flushed as soon as it and those before it are done: an interrupted run
+    leaves a valid file that --resume finishes. Settings, weakest first: the model family's defaults,
+    the file's [defaults], these options, the record's own fields.
+    """
+    from dtg_cli import batch as batching
+    from dtg_cli.generate import open_model
+    from dtg_cli.settings import Request, Sampling
+
+    _setup_logging(verbose)
+    shard_of = batching.parse_shard(shard) if shard is not None else (0, 1)
+    kind = batching.output_format(output, output_format)
+    batching.check_output(output, resume=resume, force=force)
+    if input_format is not None:
+        batching.input_format(input_path, input_format, None)
+    if input_path != "-" and not Path(input_path).is_file():
+        from dtg_cli.errors import UsageError
+
+        raise UsageError(f"{input_path}: no such input file")
+    options = {
+        "copyright": copyright, "character": character, "artist": artist, "quality": quality, "rating": rating,
+        "aspect_ratio": aspect_ratio, "width": width, "height": height, "length": length, "identity": identity,
+        "ban": ban or None, "num": num, "temperature": temperature, "top_p": top_p, "top_k": top_k, "min_p": min_p,
+        "max_new_tokens": max_new_tokens,
+    }  # fmt: skip
+    sampling = Sampling(temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p, max_new_tokens=max_new_tokens, seed=seed)
+    conditions = {k: options[k] for k in ("copyright", "character", "artist", "quality", "rating", "aspect_ratio", "width", "height", "length", "identity")}
+    base = Request.from_options("", sampling=sampling, ban=ban or (), num=num or 1, **conditions)  # bad values fail before loading
+    with _StderrProgress() as progress:
+        generator = open_model(
+            model, quant, prompt_format=prompt_format, n_gpu_layers=n_gpu_layers, threads=threads, progress=progress, request=base
+        )
+    generator.warn_unknown = verbose  # a batch lists them once at the end instead
+    summary = batching.Summary()
+    bar = _BatchProgress(input_path, input_format, shard_of) if err.is_terminal else None
+    try:
+        with generator, bar or _nothing():
+            batching.expand(
+                generator, input_path, output, options=options, base_seed=seed, parallel=parallel, shard=shard_of,
+                resume=resume, force=force, skip_errors=skip_errors, input_kind=input_format, output_kind=kind,
+                escape=escape_tags, on_error=lambda message: err.print(f"[yellow]skipped:[/] {escape(message)}", soft_wrap=True),
+                on_progress=bar.update if bar else None, summary=summary,
+            )  # fmt: skip
+    except KeyboardInterrupt:
+        err.print(escape(summary.line()), soft_wrap=True)
+        where = f"; run the same command with --resume to finish {output}" if output not in (None, "-") else ""
+        err.print(f"[red]interrupted[/]{escape(where)}", soft_wrap=True)
+        raise typer.Exit(130) from None
+    except DtgError:
+        err.print(escape(summary.line()), soft_wrap=True)
+        raise
+    err.print(escape(summary.line()), soft_wrap=True)
+    if generator.unknown_tags and not verbose:
+        common = sorted(generator.unknown_tags.items(), key=lambda kv: -kv[1])[:5]
+        listed = ", ".join(f"{tag!r} ({n}x)" for tag, n in common)
+        logging.getLogger("dtg").warning(
+            f"{len(generator.unknown_tags)} distinct input tags are not in {generator.name}'s vocabulary, so the model saw "
+            f"<|unk|> for them; most frequent: {listed} (-v names each with close matches)"
+        )
+
+
+class _nothing:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return None
+
+
+class _BatchProgress:
+    """A live bar on stderr: records done (of how many, when the input is a file), records/s, tags/s, ETA."""
+
+    def __init__(self, input_path: str, input_format: str | None, shard: tuple[int, int]):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        total = None
+        if input_path != "-":
+            from dtg_cli import batch as batching
+
+            kind = batching.input_format(input_path, input_format, _first_line(input_path))
+            count = batching.count_records(input_path, kind)
+            k, n = shard
+            total = len(range(k, count, n))
+        self.bar = Progress(
+            TextColumn("records"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rates]}"),
+            TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=err, transient=True,
+        )  # fmt: skip
+        self.task = self.bar.add_task("batch", total=total, rates="")
+
+    def __enter__(self):
+        self.bar.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.bar.stop()
+
+    def update(self, summary) -> None:
+        rates = f"{summary.records / summary.elapsed_s:.2f} rec/s {summary.tags / summary.elapsed_s:.0f} tags/s" if summary.elapsed_s else ""
+        self.bar.update(self.task, completed=summary.records + summary.resumed_records, rates=rates)
+
+
+def _first_line(path: str) -> bytes | None:
+    try:
+        with open(path, "rb") as f:
+            for raw in f:
+                if raw.strip() and not raw.strip().startswith(b"#"):
+                    return raw
+    except OSError:
+        return None
+    return None
+
+
+@app.command()
+def merge(
+    files: Annotated[list[Path], typer.Argument(help="JSONL outputs of dtg batch --shard K/N, one per shard.")],
+    output_format: Annotated[str, typer.Option("--format", help="jsonl (the records) or text (one tag line per result).")] = "jsonl",
+    escape_tags: EscapeTags = False,
+) -> None:
+    """Merge the JSONL outputs of a sharded batch run into one stream on stdout, in input order."""
+    from dtg_cli import batch as batching
+    from dtg_cli.errors import UsageError
+    from dtg_cli.tags import escape as escape_tag
+
+    if output_format not in ("jsonl", "text"):
+        raise UsageError(f"--format: {output_format!r} is not one of jsonl, text")
+    out = sys.stdout.buffer if hasattr(sys.stdout, "buffer") else None
+    for record, raw in batching.merge([str(f) for f in files]):
+        if output_format == "text":
+            line = ", ".join(escape_tag(t) if escape_tags else t for t in record.get("tags", [])) + "\n"
+            sys.stdout.write(line)
+        elif out is not None:
+            sys.stdout.flush()
+            out.write(raw)
+        else:
+            sys.stdout.write(raw.decode("utf-8"))
+    sys.stdout.flush()
 
 
 # --- models -----------------------------------------------------------------------------------------

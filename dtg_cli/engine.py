@@ -12,11 +12,12 @@ import secrets
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from collections import deque
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
-from dtg_cli.errors import ModelFileError, UsageError
+from dtg_cli.errors import DtgError, ModelFileError, UsageError
 from dtg_cli.prompts import FLAGS, FORMATS
 from dtg_cli.settings import FAMILY_SAMPLING, Request, Sampling
 from dtg_cli.tags import clean, close_matches, compile_bans
@@ -101,15 +102,14 @@ class Sampler:
         x = logits if self.bias is None else logits + self.bias
         if self.s.temperature == 0:
             return int(np.argmax(x))
-        x = x.astype(np.float64) / self.s.temperature
         k = self.s.top_k
-        if 0 < k < x.size:
-            ids = np.argpartition(-x, k - 1)[:k]
-        else:
-            ids = np.arange(x.size)
-        order = np.argsort(-x[ids], kind="stable")
-        ids, x = ids[order], x[ids[order]]
-        p = np.exp(x - x[0])
+        # Top-k first, on the raw logits (a positive temperature keeps their order): the float64 work
+        # below then touches k values instead of the whole vocabulary.
+        ids = np.argpartition(x, x.size - k)[x.size - k :] if 0 < k < x.size else np.arange(x.size)
+        z = x[ids].astype(np.float64) / self.s.temperature
+        order = np.argsort(-z, kind="stable")
+        ids, z = ids[order], z[order]
+        p = np.exp(z - z[0])
         p /= p.sum()
         if self.s.top_p < 1:
             keep = int(np.searchsorted(np.cumsum(p), self.s.top_p)) + 1
@@ -121,7 +121,17 @@ class Sampler:
         return int(ids[min(pick, len(ids) - 1)])
 
 
-# --- results ----------------------------------------------------------------------------------------
+# --- what goes in and what comes out -----------------------------------------------------------------
+
+
+@dataclass
+class Task:
+    """One prompt for `Generator.run`: a request and, if the caller chooses them, the seed of each of its
+    `num` results (by default the request's seed, or a random one, then +1 per result)."""
+
+    request: Request
+    seeds: tuple[int, ...] | None = None
+    key: Any = None  # the caller's, handed back untouched
 
 
 @dataclass
@@ -140,24 +150,143 @@ class Result:
     sampling: dict
     timings: dict
     continuations: list[dict] = field(default_factory=list)  # DanTagGen retries: prompt and output ids each
+    conditions: dict = field(default_factory=dict)  # the conditions the prompt was built with, defaults included
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
+@dataclass
+class Outcome:
+    """What `Generator.run` hands back, in input order: one result of a task, a task that could not run
+    (`error`), or an input item that is not a task, passed through untouched (`result` and `error` None)."""
+
+    item: Any
+    variant: int = 0
+    result: Result | None = None
+    error: DtgError | None = None
+
+
 class Stream:
-    """Receives a generation as it happens (the CLI prints it live on a terminal)."""
+    """Receives results as they are generated. `unit` is (input position, variant): units start in input
+    order, but with several sequences decoded together their tags arrive interleaved."""
 
-    def start(self, variant: int, tags: list[str]) -> None: ...
+    def start(self, unit: tuple[int, int], tags: list[str]) -> None: ...
 
-    def tag(self, variant: int, tag: str) -> None: ...
+    def tag(self, unit: tuple[int, int], tag: str) -> None: ...
+
+
+END = object()  # a source has no more items
+NOT_READY = object()  # a source has nothing yet; asking again later may give more
+
+
+class Source:
+    """Where `Generator.run` takes its items from, one at a time."""
+
+    def get(self, block: bool):
+        """The next item, END, or (only when not `block`) NOT_READY."""
+        raise NotImplementedError
+
+
+class QueuedSource(Source):
+    """Items of an iterable read by a background thread. The engine takes what has arrived without
+    waiting while it has sequences to decode, so a slow producer (a pipe) never stalls them, and a
+    producer that waits for each answer before writing the next prompt does not deadlock."""
+
+    def __init__(self, iterable: Iterable, maxsize: int = 256):
+        import queue
+        import threading
+
+        self._queue: queue.Queue = queue.Queue(maxsize)
+        self._empty = queue.Empty
+
+        def pump() -> None:
+            try:
+                for item in iterable:
+                    self._queue.put((True, item))
+                self._queue.put((True, END))
+            except BaseException as e:  # handed to the reader, which raises it
+                self._queue.put((False, e))
+
+        threading.Thread(target=pump, name="dtg-input", daemon=True).start()
+
+    def get(self, block: bool):
+        try:
+            ok, item = self._queue.get(block=block)
+        except self._empty:
+            return NOT_READY
+        if not ok:
+            raise item
+        if item is END:
+            self._queue.put((True, END))  # stays ended for any later call
+        return item
+
+
+class IterSource(Source):
+    """Items of an iterable, taken as they are needed."""
+
+    def __init__(self, iterable: Iterable):
+        self._it = iter(iterable)
+
+    def get(self, block: bool):
+        return next(self._it, END)
 
 
 # --- the generator ----------------------------------------------------------------------------------
 
+KV_BUDGET = 1 << 30  # bytes of KV cache the default --parallel may fill
+CPU_PARALLEL = 64  # sequences per decode on a CPU; throughput gains flatten past this on small models
+GPU_PARALLEL = 256  # with layers offloaded to a GPU (llama.cpp's limit)
+
+
+@dataclass
+class _Prepared:
+    """A task with its prompt built and tokenized, ready to be decoded once per variant."""
+
+    task: Task
+    index: int
+    request: Request
+    sampling: Sampling
+    seeds: tuple[int, ...]
+    prompt: str
+    input_ids: list[int]
+    general: list[str]
+    fixed: list[str]
+    banned: Callable[[str], bool]
+    bias: np.ndarray | None
+    minimum: int
+    maximum: int | None
+    conditions: dict
+
+
+class _Sequence:
+    """One variant of a task in a slot of the batch: what is left to decode and what it has made."""
+
+    def __init__(self, prepared: _Prepared, variant: int, slot: int, tokenizer):
+        self.p = prepared
+        self.variant = variant
+        self.unit = (prepared.index, variant)
+        self.slot = slot
+        self.seed = prepared.seeds[variant]
+        self.sampler = Sampler(prepared.sampling, self.seed, prepared.bias)
+        self.tokenizer = tokenizer
+        self.pending = list(prepared.input_ids)  # prompt tokens not decoded yet
+        self.n_past = 0
+        self.output_ids: list[int] = []  # of the first pass; continuations are kept apart
+        self.pass_ids = self.output_ids
+        self.pass_input = prepared.input_ids
+        self.feed = tokenizer.tag_decoder()
+        self.new_tags: list[str] = []
+        self.seen = {t.lower() for t in [*prepared.fixed, *prepared.general]}
+        self.continuations: list[dict] = []
+        self.n_new = 0
+        self.stop = "max_new_tokens"
+        self.started = time.perf_counter()
+        self.prompt_s: float | None = None
+
 
 class Generator:
-    """A model loaded once, generating for any number of requests."""
+    """A model loaded once, generating for any number of requests, several sequences at a time."""
 
     def __init__(
         self,
@@ -192,13 +321,15 @@ class Generator:
         self.stop_ids = {i for i in (self.tokenizer.token_id(t) for t in self.format.stop) if i is not None}
         self.defaults = FAMILY_SAMPLING[self.format.family]
         self.context = None
-        self._warned: set[str] = set()
+        self.warn_unknown = True  # False: only count them in `unknown_tags`
+        self.unknown_tags: dict[str, int] = {}
         self._last_ban: tuple[tuple[str, ...] | None, np.ndarray | None] = (None, None)
         self.load_s = time.perf_counter() - started
 
     def close(self) -> None:
         if getattr(self, "context", None) is not None:
             self.context.close()
+            self.context = None
         self.model.close()
 
     def __enter__(self) -> Generator:
@@ -212,16 +343,48 @@ class Generator:
     def check(self, request: Request) -> None:
         check_conditions(request, self.format, self.name)
 
-    def _warn_unknown(self, tags: list[str], what: str) -> None:
+    def _note_unknown(self, tags: list[str], what: str) -> None:
         vocabulary = self.tokenizer.vocabulary
         if vocabulary is None:
             return
         for tag in tags:
-            if tag.lower() not in vocabulary and tag.lower() not in self._warned:
-                self._warned.add(tag.lower())
+            key = tag.lower()
+            if key in vocabulary:
+                continue
+            seen = key in self.unknown_tags
+            self.unknown_tags[key] = self.unknown_tags.get(key, 0) + 1
+            if self.warn_unknown and not seen:
                 near = close_matches(tag, vocabulary)
                 hint = f"; close matches: {', '.join(near)}" if near else ""
                 log.warning(f"{what} {tag!r} is not in {self.name}'s vocabulary, so the model sees <|unk|>{hint}")
+
+    # -- sizing --
+
+    def context_per_sequence(self, prompt_tokens: int, max_new_tokens: int) -> int:
+        """KV cells per sequence: room for a prompt of at least 256 tokens and the token budget, rounded up
+        to 256, at least 512, at most what the model was trained on."""
+        need = max(prompt_tokens, 256) + max_new_tokens
+        return min(self.model.n_ctx_train, max(512, -(-need // 256) * 256))
+
+    def default_parallel(self, n_ctx_seq: int) -> int:
+        """Sequences per decode when the caller does not say: 64 on a CPU (256 with layers on a GPU), fewer
+        when their KV cache would pass 1 GiB."""
+        cap = GPU_PARALLEL if self.model.offloads else CPU_PARALLEL
+        by_memory = KV_BUDGET // (self.model.kv_bytes_per_token * n_ctx_seq)
+        return max(1, min(cap, by_memory, self.model.max_sequences()))
+
+    def _context(self, parallel: int, n_ctx_seq: int):
+        from dtg_cli import llama
+
+        c = self.context
+        if c is None or c.n_seq_max != parallel or c.n_ctx != n_ctx_seq:
+            if c is not None:
+                c.close()
+                self.context = None
+            self.context = llama.Context(
+                self.model, n_ctx=n_ctx_seq * parallel, n_batch=max(512, 2 * parallel), n_seq_max=parallel, n_threads=self.threads
+            )
+        return self.context
 
     # -- generation --
 
@@ -237,128 +400,229 @@ class Generator:
             self._last_ban = (patterns, mask)
         return self._last_ban[1]
 
-    def _ensure_context(self, n_tokens: int) -> None:
-        from dtg_cli import llama
-
-        limit = self.model.n_ctx_train
-        if n_tokens > limit:
-            raise UsageError(f"the prompt and --max-new-tokens need {n_tokens} tokens; {self.name} takes at most {limit}")
-        if self.context is None or self.context.n_ctx < n_tokens:
-            if self.context is not None:
-                self.context.close()
-            size = min(limit, -(-max(n_tokens, 512) // 256) * 256)
-            self.context = llama.Context(self.model, n_ctx=size, n_batch=min(size, 512), n_threads=self.threads)
-
-    def generate(self, request: Request, stream: Stream | None = None) -> Iterator[Result]:
-        """Yield `request.num` results, one per seed (seed, seed + 1, ...). `stream` sees each result's
-        given tags when it starts and each new tag as soon as it is generated."""
+    def prepare(self, task: Task, index: int = 0, note_unknown: bool = True) -> _Prepared:
+        """Check a task and build its prompt; raises UsageError for what this model cannot do."""
+        request = task.request
         self.check(request)
         vocabulary = self.tokenizer.vocabulary
-        tidy = lambda tags: clean(tags, vocabulary)  # noqa: E731
-        request = _replace_tags(request, tidy)
-        self._warn_unknown(list(request.tags), "tag")
-        self._warn_unknown(list(request.copyright), "copyright tag")
-        self._warn_unknown(list(request.character), "character tag")
-
+        request = _replace_tags(request, lambda tags: clean(tags, vocabulary))
+        if note_unknown:
+            self._note_unknown(list(request.tags), "tag")
+            self._note_unknown(list(request.copyright), "copyright tag")
+            self._note_unknown(list(request.character), "character tag")
         sampling = request.sampling.with_defaults(self.defaults)
-        base_seed = sampling.seed if sampling.seed is not None else secrets.randbits(32)
+        if task.seeds is not None:
+            if len(task.seeds) != request.num:
+                raise ValueError(f"{len(task.seeds)} seeds for {request.num} results")
+            seeds = tuple(task.seeds)
+        else:
+            base = sampling.seed if sampling.seed is not None else secrets.randbits(32)
+            seeds = tuple((base + v) % 2**32 for v in range(request.num))
         banned = compile_bans(request.ban)
-        bias = self._ban_mask(request.ban, banned)
-
         general = list(request.tags)
         prompt = self.format.build(request, general)
         input_ids = self.tokenizer.encode(prompt)
-        self._ensure_context(len(input_ids) + sampling.max_new_tokens)
-        started = time.perf_counter()
-        self.context.truncate(0)
-        prompt_logits = self.context.eval(input_ids, 0)
-        prompt_s = time.perf_counter() - started
-        fixed = [*request.character, *request.copyright, *request.artist]
+        need, limit = len(input_ids) + sampling.max_new_tokens, self.model.n_ctx_train
+        if need > limit:
+            raise UsageError(f"the prompt and --max-new-tokens need {need} tokens; {self.name} takes at most {limit}")
+        minimum, maximum = self.format.tag_count_range(request.length)
+        return _Prepared(
+            task=task, index=index, request=request, sampling=sampling, seeds=seeds, prompt=prompt,
+            input_ids=input_ids, general=general,
+            fixed=[*request.character, *request.copyright, *request.artist],
+            banned=banned, bias=self._ban_mask(request.ban, banned), minimum=minimum, maximum=maximum,
+            conditions=self.format.conditions(request),
+        )  # fmt: skip
 
-        for variant in range(request.num):
-            seed = (base_seed + variant) % 2**32
-            sampler = Sampler(sampling, seed, bias)
-            started = time.perf_counter()
-            self.context.truncate(len(input_ids))
-            new_tags: list[str] = []
-            seen = {t.lower() for t in [*fixed, *general]}
+    def generate(self, request: Request, stream: Stream | None = None, parallel: int | None = None) -> Iterator[Result]:
+        """Yield `request.num` results, one per seed (seed, seed + 1, ...), decoded up to `parallel` at a
+        time (default: as many as there are results, within `default_parallel`)."""
+        self.check(request)
+        sampling = request.sampling.with_defaults(self.defaults)
+        prompt_tokens = len(self.tokenizer.encode(self.format.build(request, list(clean(request.tags, self.tokenizer.vocabulary)))))
+        n_ctx_seq = self.context_per_sequence(prompt_tokens, sampling.max_new_tokens)
+        parallel = parallel or min(request.num, self.default_parallel(n_ctx_seq))
+        for outcome in self.run([Task(request)], parallel=parallel, stream=stream, n_ctx_seq=n_ctx_seq):
+            if outcome.error is not None:
+                raise outcome.error
+            yield outcome.result
 
-            def keep(tag: str, variant=variant, new_tags=new_tags, seen=seen) -> None:
-                if tag.lower() in seen or banned(tag):
+    def run(
+        self,
+        items: Iterable | Source,
+        *,
+        parallel: int | None = None,
+        stream: Stream | None = None,
+        n_ctx_seq: int | None = None,
+    ) -> Iterator[Outcome]:
+        """Generate for every `Task` of `items`, up to `parallel` sequences in one decode call; a finished
+        sequence's slot takes the next waiting one at once (continuous batching). Outcomes come back in
+        input order; items that are not tasks pass through in their place. Sizes not given are chosen from
+        the first task (`context_per_sequence`, `default_parallel`)."""
+        source = items if isinstance(items, Source) else IterSource(items)
+        waiting: deque[tuple[_Prepared, int]] = deque()  # variants not in a slot yet
+        order: deque[list] = deque()  # [unit, outcome or None] in input order
+        slots: list[_Sequence | None] = []
+        context = None
+        window = 0
+        index = 0
+        ended = False
+        while True:
+            active = sum(s is not None for s in slots)
+            # Take input while there are free slots to fill and the reorder window has room.
+            while not ended and len(waiting) < max(len(slots) - active, 1) and (not window or len(order) < window):
+                item = source.get(block=not active and not waiting)
+                if item is NOT_READY:
+                    break
+                if item is END:
+                    ended = True
+                    break
+                if not isinstance(item, Task):
+                    order.append([(index, 0), Outcome(item)])
+                    index += 1
+                    continue
+                try:
+                    prepared = self.prepare(item, index)
+                    if context is None:
+                        n_ctx_seq = n_ctx_seq or self.context_per_sequence(len(prepared.input_ids), prepared.sampling.max_new_tokens)
+                        parallel = parallel or self.default_parallel(n_ctx_seq)
+                        context = self._context(parallel, n_ctx_seq)
+                        slots = [None] * parallel
+                        window = max(4 * parallel, 64)
+                    if len(prepared.input_ids) >= context.n_ctx:
+                        raise UsageError(
+                            f"the prompt is {len(prepared.input_ids)} tokens; each sequence has room for {context.n_ctx} "
+                            "(a lower --max-new-tokens leaves more)"
+                        )
+                except DtgError as e:
+                    order.append([(index, 0), Outcome(item, error=e)])
+                    index += 1
+                    continue
+                for variant in range(prepared.request.num):
+                    order.append([(index, variant), None])
+                    waiting.append((prepared, variant))
+                index += 1
+            for i in range(len(slots)):
+                if slots[i] is None and waiting:
+                    prepared, variant = waiting.popleft()
+                    slots[i] = self._start(context, prepared, variant, i, stream)
+            while order and order[0][1] is not None:
+                yield order.popleft()[1]
+            if not any(slots):
+                if ended and not waiting and not order:
                     return
-                seen.add(tag.lower())
-                new_tags.append(tag)
-                if stream:
-                    stream.tag(variant, tag)
+                continue
+            for sequence in self._step(context, slots, stream):
+                slots[sequence.slot] = None
+                for entry in order:  # a finished sequence is usually near the front
+                    if entry[0] == sequence.unit:
+                        entry[1] = Outcome(sequence.p.task, sequence.variant, result=self._result(sequence))
+                        break
 
-            if stream:
-                stream.start(variant, [*fixed, *general])
+    def _start(self, context, prepared: _Prepared, variant: int, slot: int, stream: Stream | None) -> _Sequence:
+        context.clear(slot)
+        sequence = _Sequence(prepared, variant, slot, self.tokenizer)
+        if stream:
+            stream.start(sequence.unit, [*prepared.fixed, *prepared.general])
+        return sequence
 
-            minimum, maximum = self.format.tag_count_range(request.length)
-            output_ids, stop, n_new = self._sample(input_ids, prompt_logits, sampler, sampling, keep, len(general), maximum, new_tags)
-            continuations = []
-            while stop == "eos" and len(general) + len(new_tags) < minimum and len(continuations) < MAX_RETRIES:
-                # DanTagGen stopped short of its length target: continue from everything so far.
-                more_prompt = self.format.build(request, general + new_tags)
-                more_ids = self.tokenizer.encode(more_prompt)
-                if len(more_ids) + sampling.max_new_tokens > self.model.n_ctx_train:
-                    break  # no room to continue: keep what there is
-                self._ensure_context(len(more_ids) + sampling.max_new_tokens)
-                self.context.truncate(0)
-                logits = self.context.eval(more_ids, 0)
-                ids, stop, n = self._sample(more_ids, logits, sampler, sampling, keep, len(general), maximum, new_tags)
-                n_new += n
-                continuations.append({"prompt": more_prompt, "input_ids": more_ids, "output_ids": ids})
-            elapsed = time.perf_counter() - started
-            if continuations:
-                self.context.truncate(0)
-                prompt_logits = self.context.eval(input_ids, 0)  # the next variant starts from the prompt again
-            yield Result(
-                model=self.name,
-                prompt=prompt,
-                input_ids=input_ids,
-                output_ids=output_ids,
-                tags=[*fixed, *general, *new_tags],
-                new_tags=new_tags,
-                input_tags=general,
-                seed=seed,
-                stop=stop,
-                sampling={k: v for k, v in asdict(sampling).items() if k != "seed"},
-                timings={
-                    "prompt_s": round(prompt_s if variant == 0 else 0.0, 6),
-                    "generate_s": round(elapsed, 6),
-                    "new_tokens": n_new,
-                    "tokens_per_s": round(n_new / elapsed, 1) if elapsed > 0 else None,
-                },
-                continuations=continuations,
-            )
+    def _step(self, context, slots: list[_Sequence | None], stream: Stream | None) -> list[_Sequence]:
+        """One decode: a token for every generating sequence, then as much prompt as the batch holds.
+        Returns the sequences that finished."""
+        rows, members = [], []
+        budget = context.n_batch
+        for s in slots:
+            if s is not None and not s.pending:
+                rows.append((s.slot, [s.pass_ids[-1]], s.n_past, True))
+                members.append(s)
+                budget -= 1
+        for s in slots:
+            if s is not None and s.pending and budget > 0:
+                chunk, s.pending = s.pending[:budget], s.pending[budget:]
+                rows.append((s.slot, chunk, s.n_past, not s.pending))
+                members.append(s)
+                budget -= len(chunk)
+        all_logits = context.decode_many(rows)
+        finished = []
+        for s, (_, tokens, _, _), logits in zip(members, rows, all_logits):
+            s.n_past += len(tokens)
+            if logits is None:
+                continue
+            if s.prompt_s is None:
+                s.prompt_s = time.perf_counter() - s.started
+            if self._advance(context, s, logits, stream):
+                finished.append(s)
+        return finished
 
-    def _sample(self, input_ids, logits, sampler, sampling, keep, n_general, maximum, new_tags):
-        """Sample until a stop token, the token budget, a full context or the length cap."""
-        feed = self.tokenizer.tag_decoder()
-        output: list[int] = []
-        n_past = len(input_ids)
-        stop = "max_new_tokens"
-        while len(output) < sampling.max_new_tokens:
-            token = sampler(logits)
-            output.append(token)
-            if token in self.stop_ids:
-                stop = "eos"
-                break
-            for tag in feed(token):
-                keep(tag)
-            if maximum is not None and n_general + len(new_tags) >= maximum:
+    def _advance(self, context, s: _Sequence, logits: np.ndarray, stream: Stream | None) -> bool:
+        """Sample the next token of a sequence; True when the sequence is finished."""
+        p = s.p
+        token = s.sampler(logits)
+        s.pass_ids.append(token)
+        s.n_new += 1
+        stop = None
+        if token in self.stop_ids:
+            stop = "eos"
+        else:
+            for tag in s.feed(token):
+                self._keep(s, tag, stream)
+            if p.maximum is not None and len(p.general) + len(s.new_tags) >= p.maximum:
                 stop = "length"
-                break
-            if n_past + 1 >= self.context.n_ctx:
+            elif s.n_past + 1 >= context.n_ctx:
                 stop = "context"
-                break
-            logits = self.context.eval([token], n_past)
-            n_past += 1
-        for tag in feed(None):
-            if maximum is None or n_general + len(new_tags) < maximum:
-                keep(tag)
-        return output, stop, len(output)
+            elif len(s.pass_ids) >= p.sampling.max_new_tokens:
+                stop = "max_new_tokens"
+        if stop is None:
+            return False
+        for tag in s.feed(None):
+            if p.maximum is None or len(p.general) + len(s.new_tags) < p.maximum:
+                self._keep(s, tag, stream)
+        s.stop = stop
+        if stop == "eos" and len(p.general) + len(s.new_tags) < p.minimum and len(s.continuations) < MAX_RETRIES:
+            # DanTagGen stopped short of its length target: continue from everything so far.
+            more_prompt = self.format.build(p.request, p.general + s.new_tags)
+            more_ids = self.tokenizer.encode(more_prompt)
+            if len(more_ids) + 1 < context.n_ctx:
+                s.pass_ids = []
+                s.continuations.append({"prompt": more_prompt, "input_ids": more_ids, "output_ids": s.pass_ids})
+                s.feed = self.tokenizer.tag_decoder()
+                context.clear(s.slot)
+                s.pending, s.n_past = list(more_ids), 0
+                return False
+        return True
+
+    def _keep(self, s: _Sequence, tag: str, stream: Stream | None) -> None:
+        if tag.lower() in s.seen or s.p.banned(tag):
+            return
+        s.seen.add(tag.lower())
+        s.new_tags.append(tag)
+        if stream:
+            stream.tag(s.unit, tag)
+
+    def _result(self, s: _Sequence) -> Result:
+        p = s.p
+        elapsed = time.perf_counter() - s.started
+        generate_s = elapsed - (s.prompt_s or 0.0)
+        return Result(
+            model=self.name,
+            prompt=p.prompt,
+            input_ids=p.input_ids,
+            output_ids=s.output_ids,
+            tags=[*p.fixed, *p.general, *s.new_tags],
+            new_tags=s.new_tags,
+            input_tags=p.general,
+            seed=s.seed,
+            stop=s.stop,
+            sampling={k: v for k, v in asdict(p.sampling).items() if k != "seed"},
+            timings={
+                "prompt_s": round(s.prompt_s or 0.0, 6),
+                "generate_s": round(generate_s, 6),
+                "new_tokens": s.n_new,
+                "tokens_per_s": round(s.n_new / generate_s, 1) if generate_s > 0 else None,
+            },
+            continuations=s.continuations,
+            conditions=p.conditions,
+        )
 
 
 def check_conditions(request: Request, prompt_format, model_name: str) -> None:

@@ -58,6 +58,7 @@ class Model:
         # Plain CPU buffers cost nothing measurable at these model sizes.
         params.use_extra_bufts = False
         self._lib = lib
+        self.n_gpu_layers = n_gpu_layers
         self.ptr = lib.llama_model_load_from_file(str(self.path).encode(), params)
         if not self.ptr:
             raise ModelFileError(
@@ -90,6 +91,21 @@ class Model:
     @property
     def n_ctx_train(self) -> int:
         return self._lib.llama_model_n_ctx_train(self.ptr)
+
+    @property
+    def kv_bytes_per_token(self) -> int:
+        """Memory of one position in the KV cache (F16 keys and values in every layer)."""
+        lib = self._lib
+        head_dim = lib.llama_model_n_embd(self.ptr) // lib.llama_model_n_head(self.ptr)
+        return 2 * 2 * lib.llama_model_n_layer(self.ptr) * lib.llama_model_n_head_kv(self.ptr) * head_dim
+
+    @property
+    def offloads(self) -> bool:
+        """Whether layers go to a GPU: asked for, and this build of llama.cpp can."""
+        return self.n_gpu_layers != 0 and bool(self._lib.llama_supports_gpu_offload())
+
+    def max_sequences(self) -> int:
+        return int(self._lib.llama_max_parallel_sequences())
 
     def metadata(self, key: str) -> str | None:
         """A GGUF metadata value as text, or None when the file does not have the key."""
@@ -130,34 +146,85 @@ class Model:
 
 
 class Context:
-    """An inference context (KV cache) on a loaded model."""
+    """An inference context (KV cache) on a loaded model, for one sequence or for several decoded together.
+
+    Each sequence has its own KV stream of n_ctx / n_seq_max cells (llama.cpp's non-unified cache): a
+    sequence then attends only to its own cells, and its logits do not depend on which other sequences
+    share the batch, so batched results equal one-at-a-time results (bit for bit with Q8_0 on a CPU).
+    """
 
     def __init__(self, model: Model, n_ctx: int = 1024, n_batch: int = 512, n_seq_max: int = 1, n_threads: int | None = None):
         lib = model._lib
         params = lib.llama_context_default_params()
         params.n_ctx = n_ctx
         params.n_batch = n_batch
-        params.n_ubatch = n_batch
+        params.n_ubatch = min(n_batch, 512)
         params.n_seq_max = n_seq_max
+        params.kv_unified = False
         threads = n_threads or os.cpu_count() or 1
         params.n_threads = threads
         params.n_threads_batch = threads
         self._lib = lib
         self.model = model
         self.n_batch = n_batch
+        self.n_seq_max = n_seq_max
         self._batch = None
         self.ptr = lib.llama_init_from_model(model.ptr, params)
         if not self.ptr:
             raise ModelFileError(f"{model.path}: llama.cpp could not create a context (out of memory?)")
+        self._memory = lib.llama_get_memory(self.ptr)
 
     @property
     def n_ctx(self) -> int:
-        return self._lib.llama_n_ctx(self.ptr)
+        """Cells per sequence."""
+        return self._lib.llama_n_ctx(self.ptr) // self.n_seq_max
 
     def truncate(self, n_past: int) -> None:
-        """Forget every position from `n_past` on (0 clears the cache)."""
+        """Forget every position from `n_past` on, in every sequence (0 clears the cache)."""
+        self._lib.llama_memory_seq_rm(self._memory, -1, n_past, -1)
+
+    def clear(self, seq: int) -> None:
+        """Forget everything of one sequence."""
+        self._lib.llama_memory_seq_rm(self._memory, seq, -1, -1)
+
+    def decode_many(self, rows: list[tuple[int, list[int], int, bool]]) -> list[np.ndarray | None]:
+        """One llama_decode over several sequences. Each row is (sequence, tokens, position of the first
+        token, whether to return the logits after its last token). Returns, per row, those logits as a view
+        that the next decode overwrites, or None."""
         lib = self._lib
-        lib.llama_memory_seq_rm(lib.llama_get_memory(self.ptr), -1, n_past, -1)
+        total = sum(len(tokens) for _, tokens, _, _ in rows)
+        if total > self.n_batch:  # writing past the batch's arrays would corrupt memory
+            raise ValueError(f"{total} tokens in one decode; the batch holds {self.n_batch}")
+        batch = self._ensure_batch()
+        n = 0
+        for seq, tokens, pos, _ in rows:
+            if pos + len(tokens) > self.n_ctx:
+                raise ModelFileError(f"{self.model.path}: {pos + len(tokens)} tokens do not fit the context of {self.n_ctx}")
+            for i, tok in enumerate(tokens):
+                batch.token[n] = tok
+                batch.pos[n] = pos + i
+                batch.n_seq_id[n] = 1
+                batch.seq_id[n][0] = seq
+                batch.logits[n] = 0
+                n += 1
+        ends = []
+        n = 0
+        for _, tokens, _, want in rows:
+            n += len(tokens)
+            ends.append(n - 1 if want else None)
+            if want:
+                batch.logits[n - 1] = 1
+        batch.n_tokens = n
+        rc = lib.llama_decode(self.ptr, batch)
+        if rc != 0:
+            raise ModelFileError(f"{self.model.path}: llama_decode failed with code {rc}")
+        shape = (self.model.n_vocab,)
+        return [None if end is None else np.ctypeslib.as_array(lib.llama_get_logits_ith(self.ptr, end), shape=shape) for end in ends]
+
+    def _ensure_batch(self):
+        if self._batch is None:
+            self._batch = self._lib.llama_batch_init(self.n_batch, 0, 1)
+        return self._batch
 
     def eval(self, token_ids: list[int], n_past: int) -> np.ndarray:
         """Decode `token_ids` at positions n_past, n_past + 1, ...; return the last position's logits (a copy)."""
@@ -173,9 +240,7 @@ class Context:
         lib = self._lib
         if n_past + len(token_ids) > self.n_ctx:
             raise ModelFileError(f"{self.model.path}: {n_past + len(token_ids)} tokens do not fit the context of {self.n_ctx}")
-        if self._batch is None:
-            self._batch = lib.llama_batch_init(self.n_batch, 0, 1)
-        batch = self._batch
+        batch = self._ensure_batch()
         out = np.empty((len(token_ids) if every_position else 1, self.model.n_vocab), dtype=np.float32)
         for start in range(0, len(token_ids), self.n_batch):
             chunk = token_ids[start : start + self.n_batch]

@@ -69,6 +69,20 @@ class DartV2:
             text += f"<|identity:{request.identity or DEFAULT_IDENTITY}|><|input_end|>"
         return text
 
+    def conditions(self, request: Request) -> dict:
+        """The conditions as the prompt states them, defaults included."""
+        ratio = request.aspect_ratio if request.aspect_ratio is not None else DEFAULT_ASPECT_RATIO
+        values = {
+            "copyright": list(request.copyright),
+            "character": list(request.character),
+            "rating": request.rating or DEFAULT_RATING,
+            "aspect_ratio": dart_aspect_bucket(ratio),
+            "length": request.length or DEFAULT_LENGTH,
+        }
+        if self.sft:
+            values["identity"] = request.identity or DEFAULT_IDENTITY
+        return values
+
     def tag_count_range(self, length: str | None) -> tuple[int, int | None]:
         return 0, None  # the length token steers the model; nothing to enforce afterwards
 
@@ -127,6 +141,20 @@ class DanTagGen:
             f"general: {', '.join(special)}, {', '.join(rest)}<|input_end|>",
         ]
         return "\n".join(lines)
+
+    def conditions(self, request: Request) -> dict:
+        """The conditions as the prompt states them, defaults included (`length` is the requested one)."""
+        ratio = request.aspect_ratio if request.aspect_ratio is not None else DEFAULT_ASPECT_RATIO
+        values = {"quality": list(request.quality)} if self.quality_line else {}
+        values.update(
+            rating=DANTAGGEN_RATINGS[request.rating or DEFAULT_RATING],
+            artist=list(request.artist),
+            character=list(request.character),
+            copyright=list(request.copyright),
+            aspect_ratio=round(ratio, 1),
+            length=request.length or DEFAULT_LENGTH,
+        )
+        return values
 
     def tag_count_range(self, length: str | None) -> tuple[int, int | None]:
         """(minimum, maximum) general tags in a result, input included, for the requested length."""

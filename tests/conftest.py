@@ -63,3 +63,15 @@ def checkpoint_copy(checkpoints, tmp_path):
         return Path(shutil.copytree(checkpoints[kind], tmp_path / kind))
 
     return copy
+
+
+@pytest.fixture
+def dart(ggufs):
+    """The Q8_0 tiny Dart v2 MoE."""
+    return ggufs["dart-moe"]["q8_0"]
+
+
+@pytest.fixture
+def dtg(ggufs):
+    """The Q8_0 tiny DanTagGen."""
+    return ggufs["dantaggen"]["q8_0"]

@@ -11,8 +11,9 @@ from tests.hubcache import fill_hub_cache
 runner = CliRunner()
 
 
-def run(*args):
-    return runner.invoke(app, [str(a) for a in args])
+def run(*args, input=None):
+    """The CLI in-process, arguments as strings."""
+    return runner.invoke(app, [str(a) for a in args], input=input)
 
 
 def assert_one_line_error(result, *fragments):

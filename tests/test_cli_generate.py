@@ -5,27 +5,13 @@ import json
 import os
 
 import pytest
-from typer.testing import CliRunner
 
-from dtg_cli.cli import app
 from tests.hubcache import fill_hub_cache
-from tests.test_cli import assert_one_line_error
+from tests.test_cli import assert_one_line_error, run
 
 DART_SFT_REVISION = "167fdb177a6d68e2d4adca0be5f05d21f74e4d41"
 
 
-def run(*args, input=None):
-    return CliRunner().invoke(app, [str(a) for a in args], input=input)
-
-
-@pytest.fixture
-def dart(ggufs):
-    return ggufs["dart-moe"]["q8_0"]
-
-
-@pytest.fixture
-def dtg(ggufs):
-    return ggufs["dantaggen"]["q8_0"]
 
 
 def records(result):
@@ -293,8 +279,8 @@ def test_ctrl_c_keeps_what_was_written(dart, monkeypatch):
 
     original = Generator.generate
 
-    def interrupted_after_one(self, request, stream=None):
-        results = original(self, request, stream)
+    def interrupted_after_one(self, request, stream=None, parallel=None):
+        results = original(self, request, stream, parallel)
         yield next(results)
         raise KeyboardInterrupt
 
