@@ -46,9 +46,9 @@ print(json.dumps({"new_tokens": n, "tokens_per_s": n / elapsed}))
 """
 
 
-def run_and_measure(command: list[str]) -> tuple[float, float, str]:
-    """(wall seconds, peak RSS in MB, stdout) of one process from its start to its exit; the child is reaped
-    with wait4 to read its own maxrss."""
+def run_and_measure(command: list[str], want_stderr: bool = False) -> tuple:
+    """(wall seconds, peak RSS in MB, stdout[, stderr]) of one process from its start to its exit; the child
+    is reaped with wait4 to read its own maxrss."""
     start = time.perf_counter()
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     chunks_out, chunks_err = [], []
@@ -70,6 +70,8 @@ def run_and_measure(command: list[str]) -> tuple[float, float, str]:
     process.returncode = os.waitstatus_to_exitcode(status)
     if process.returncode != 0:
         raise SystemExit(f"failed: {' '.join(command)}\n{b''.join(chunks_err).decode()[-2000:]}")
+    if want_stderr:
+        return wall, usage.ru_maxrss / 1024, b"".join(chunks_out).decode(), b"".join(chunks_err).decode(errors="replace")
     return wall, usage.ru_maxrss / 1024, b"".join(chunks_out).decode()
 
 

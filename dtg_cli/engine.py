@@ -236,7 +236,8 @@ class IterSource(Source):
 
 KV_BUDGET = 1 << 30  # bytes of KV cache the default --parallel may fill
 CPU_PARALLEL = 64  # sequences per decode on a CPU; throughput gains flatten past this on small models
-GPU_PARALLEL = 256  # with layers offloaded to a GPU (llama.cpp's limit)
+GPU_PARALLEL = 255  # with layers offloaded to a GPU (llama.cpp's limit is 256 sequences, one is spare)
+UBATCH = 512  # tokens per llama.cpp micro-batch (Context's n_ubatch)
 
 
 @dataclass
@@ -367,22 +368,24 @@ class Generator:
         return min(self.model.n_ctx_train, max(512, -(-need // 256) * 256))
 
     def default_parallel(self, n_ctx_seq: int) -> int:
-        """Sequences per decode when the caller does not say: 64 on a CPU (256 with layers on a GPU), fewer
+        """Sequences per decode when the caller does not say: 64 on a CPU (255 with layers on a GPU), fewer
         when their KV cache would pass 1 GiB."""
         cap = GPU_PARALLEL if self.model.offloads else CPU_PARALLEL
         by_memory = KV_BUDGET // (self.model.kv_bytes_per_token * n_ctx_seq)
-        return max(1, min(cap, by_memory, self.model.max_sequences()))
+        return max(1, min(cap, by_memory, self.model.max_sequences() - 1))
 
     def _context(self, parallel: int, n_ctx_seq: int):
+        """A context for `parallel` sequences; a batched one has one more, for `_step`'s padding token."""
         from dtg_cli import llama
 
+        n_seq = parallel + 1 if parallel > 1 else 1
         c = self.context
-        if c is None or c.n_seq_max != parallel or c.n_ctx != n_ctx_seq:
+        if c is None or c.n_seq_max != n_seq or c.n_ctx != n_ctx_seq:
             if c is not None:
                 c.close()
                 self.context = None
             self.context = llama.Context(
-                self.model, n_ctx=n_ctx_seq * parallel, n_batch=max(512, 2 * parallel), n_seq_max=parallel, n_threads=self.threads
+                self.model, n_ctx=n_ctx_seq * n_seq, n_batch=max(512, 2 * n_seq), n_seq_max=n_seq, n_threads=self.threads
             )
         return self.context
 
@@ -487,6 +490,7 @@ class Generator:
                         n_ctx_seq = n_ctx_seq or self.context_per_sequence(len(prepared.input_ids), prepared.sampling.max_new_tokens)
                         parallel = parallel or self.default_parallel(n_ctx_seq)
                         context = self._context(parallel, n_ctx_seq)
+                        log.info(f"{parallel} sequences per decode, {n_ctx_seq} tokens of context each")
                         slots = [None] * parallel
                         window = max(4 * parallel, 64)
                     if len(prepared.input_ids) >= context.n_ctx:
@@ -527,21 +531,32 @@ class Generator:
         return sequence
 
     def _step(self, context, slots: list[_Sequence | None], stream: Stream | None) -> list[_Sequence]:
-        """One decode: a token for every generating sequence, then as much prompt as the batch holds.
-        Returns the sequences that finished."""
+        """One decode: prompt tokens when some sequence has any left, else a token for every generating
+        sequence. Returns the sequences that finished.
+
+        With several sequences, llama.cpp (non-unified KV) cuts a batch into micro-batches that hold as many
+        tokens of each sequence, and it computes a micro-batch of one token with single-row kernels that
+        round differently from its batched ones. So that a result never depends on what was decoded beside
+        it, a batched run never lets that happen: prompt rows in one decode have the same length, and a
+        decode of one token gets a throwaway token in a spare sequence (a one-sequence run keeps the
+        faster single-row path)."""
         rows, members = [], []
-        budget = context.n_batch
-        for s in slots:
-            if s is not None and not s.pending:
-                rows.append((s.slot, [s.pass_ids[-1]], s.n_past, True))
-                members.append(s)
-                budget -= 1
-        for s in slots:
-            if s is not None and s.pending and budget > 0:
-                chunk, s.pending = s.pending[:budget], s.pending[budget:]
+        prompting = [s for s in slots if s is not None and s.pending]
+        if prompting:
+            size = min(min(len(s.pending) for s in prompting), UBATCH)
+            for s in prompting[: max(1, UBATCH // size)]:
+                chunk, s.pending = s.pending[:size], s.pending[size:]
                 rows.append((s.slot, chunk, s.n_past, not s.pending))
                 members.append(s)
-                budget -= len(chunk)
+        else:
+            for s in slots:
+                if s is not None:
+                    rows.append((s.slot, [s.pass_ids[-1]], s.n_past, True))
+                    members.append(s)
+        if len(rows) == 1 and len(rows[0][1]) == 1 and context.n_seq_max > len(slots):
+            pad = context.n_seq_max - 1
+            context.clear(pad)
+            rows.append((pad, [rows[0][1][0]], 0, False))
         all_logits = context.decode_many(rows)
         finished = []
         for s, (_, tokens, _, _), logits in zip(members, rows, all_logits):
