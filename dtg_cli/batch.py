@@ -109,8 +109,21 @@ def _numbered_lines(stream: io.BufferedIOBase) -> Iterator[tuple[int, bytes]]:
         yield number, raw.rstrip(b"\r\n")
 
 
-def _decode(raw: bytes) -> str:
-    return raw.decode("utf-8")
+def _meaningful(raw: bytes) -> bool:
+    """Neither blank nor a # comment: the lines a text input holds prompts on, and what format sniffing reads."""
+    text = raw.strip()
+    return bool(text) and not text.startswith(b"#")
+
+
+def sniff_format(path: str, given: str | None) -> str:
+    """A file's input format (`input_format`), reading at most up to its first meaningful line."""
+    first = None
+    with open(path, "rb") as f:
+        for raw in f:
+            if _meaningful(raw):
+                first = raw
+                break
+    return input_format(path, given, first)
 
 
 def input_format(path: str, given: str | None, first_line: bytes | None) -> str:
@@ -168,8 +181,7 @@ class InputFile:
     def _peek_meaningful(self) -> bytes | None:
         for number, raw in self._lines:
             self._peeked.append((number, raw))
-            text = raw.strip()
-            if text and not text.startswith(b"#"):
+            if _meaningful(raw):
                 return raw
         return None
 
@@ -185,12 +197,12 @@ class InputFile:
         while (item := self._next_line()) is not None:
             number, raw = item
             try:
-                text = _decode(raw)
+                text = raw.decode("utf-8")
             except UnicodeDecodeError:
                 yield BadRecord(index, number, self._where(number), "not UTF-8 text")
                 index += 1
                 continue
-            if not text.strip() or text.lstrip().startswith("#"):
+            if not _meaningful(raw):
                 continue
             yield Record(index, number, {"tags": text})
             index += 1
@@ -280,11 +292,12 @@ def count_records(path: str, kind: str) -> int:
     n = 0
     with open(path, "rb") as f:
         for raw in f:
-            text = raw.strip()
             if kind == "toml":
                 n += bool(InputFile._HEADER.match(raw.rstrip(b"\r\n")))
-            elif text and not (kind == "txt" and text.startswith(b"#")):
-                n += 1
+            elif kind == "txt":
+                n += _meaningful(raw)
+            else:
+                n += bool(raw.strip())
     return n
 
 

@@ -521,6 +521,8 @@ def batch(
     leaves a valid file that --resume finishes. Settings, weakest first: the model family's defaults,
     the file's [defaults], these options, the record's own fields.
     """
+    import contextlib
+
     from dtg_cli import batch as batching
     from dtg_cli.generate import open_model
     from dtg_cli.settings import Request, Sampling
@@ -552,7 +554,7 @@ def batch(
     summary = batching.Summary()
     bar = _BatchProgress(input_path, input_format, shard_of) if err.is_terminal else None
     try:
-        with generator, bar or _nothing():
+        with generator, bar or contextlib.nullcontext():
             batching.expand(
                 generator, input_path, output, options=options, base_seed=seed, parallel=parallel, shard=shard_of,
                 resume=resume, force=force, skip_errors=skip_errors, input_kind=input_format, output_kind=kind,
@@ -577,14 +579,6 @@ def batch(
         )
 
 
-class _nothing:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return None
-
-
 class _BatchProgress:
     """A live bar on stderr: records done (of how many, when the input is a file), records/s, tags/s, ETA."""
 
@@ -595,7 +589,7 @@ class _BatchProgress:
         if input_path != "-":
             from dtg_cli import batch as batching
 
-            kind = batching.input_format(input_path, input_format, _first_line(input_path))
+            kind = batching.sniff_format(input_path, input_format)
             count = batching.count_records(input_path, kind)
             k, n = shard
             total = len(range(k, count, n))
@@ -615,17 +609,6 @@ class _BatchProgress:
     def update(self, summary) -> None:
         rates = f"{summary.records / summary.elapsed_s:.2f} rec/s {summary.tags / summary.elapsed_s:.0f} tags/s" if summary.elapsed_s else ""
         self.bar.update(self.task, completed=summary.records + summary.resumed_records, rates=rates)
-
-
-def _first_line(path: str) -> bytes | None:
-    try:
-        with open(path, "rb") as f:
-            for raw in f:
-                if raw.strip() and not raw.strip().startswith(b"#"):
-                    return raw
-    except OSError:
-        return None
-    return None
 
 
 @app.command()

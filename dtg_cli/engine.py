@@ -270,12 +270,10 @@ class _Sequence:
         self.slot = slot
         self.seed = prepared.seeds[variant]
         self.sampler = Sampler(prepared.sampling, self.seed, prepared.bias)
-        self.tokenizer = tokenizer
         self.pending = list(prepared.input_ids)  # prompt tokens not decoded yet
         self.n_past = 0
         self.output_ids: list[int] = []  # of the first pass; continuations are kept apart
         self.pass_ids = self.output_ids
-        self.pass_input = prepared.input_ids
         self.feed = tokenizer.tag_decoder()
         self.new_tags: list[str] = []
         self.seen = {t.lower() for t in [*prepared.fixed, *prepared.general]}
@@ -440,12 +438,7 @@ class Generator:
     def generate(self, request: Request, stream: Stream | None = None, parallel: int | None = None) -> Iterator[Result]:
         """Yield `request.num` results, one per seed (seed, seed + 1, ...), decoded up to `parallel` at a
         time (default: as many as there are results, within `default_parallel`)."""
-        self.check(request)
-        sampling = request.sampling.with_defaults(self.defaults)
-        prompt_tokens = len(self.tokenizer.encode(self.format.build(request, list(clean(request.tags, self.tokenizer.vocabulary)))))
-        n_ctx_seq = self.context_per_sequence(prompt_tokens, sampling.max_new_tokens)
-        parallel = parallel or min(request.num, self.default_parallel(n_ctx_seq))
-        for outcome in self.run([Task(request)], parallel=parallel, stream=stream, n_ctx_seq=n_ctx_seq):
+        for outcome in self.run([Task(request)], parallel=parallel, most=request.num, stream=stream):
             if outcome.error is not None:
                 raise outcome.error
             yield outcome.result
@@ -455,13 +448,13 @@ class Generator:
         items: Iterable | Source,
         *,
         parallel: int | None = None,
+        most: int | None = None,
         stream: Stream | None = None,
-        n_ctx_seq: int | None = None,
     ) -> Iterator[Outcome]:
         """Generate for every `Task` of `items`, up to `parallel` sequences in one decode call; a finished
         sequence's slot takes the next waiting one at once (continuous batching). Outcomes come back in
         input order; items that are not tasks pass through in their place. Sizes not given are chosen from
-        the first task (`context_per_sequence`, `default_parallel`)."""
+        the first task (`context_per_sequence`, then `default_parallel`, at most `most`)."""
         source = items if isinstance(items, Source) else IterSource(items)
         waiting: deque[tuple[_Prepared, int]] = deque()  # variants not in a slot yet
         order: deque[list] = deque()  # [unit, outcome or None] in input order
@@ -487,8 +480,9 @@ class Generator:
                 try:
                     prepared = self.prepare(item, index)
                     if context is None:
-                        n_ctx_seq = n_ctx_seq or self.context_per_sequence(len(prepared.input_ids), prepared.sampling.max_new_tokens)
-                        parallel = parallel or self.default_parallel(n_ctx_seq)
+                        n_ctx_seq = self.context_per_sequence(len(prepared.input_ids), prepared.sampling.max_new_tokens)
+                        if parallel is None:
+                            parallel = min(self.default_parallel(n_ctx_seq), most or self.model.max_sequences())
                         context = self._context(parallel, n_ctx_seq)
                         log.info(f"{parallel} sequences per decode, {n_ctx_seq} tokens of context each")
                         slots = [None] * parallel

@@ -179,10 +179,6 @@ class Context:
         """Cells per sequence."""
         return self._lib.llama_n_ctx(self.ptr) // self.n_seq_max
 
-    def truncate(self, n_past: int) -> None:
-        """Forget every position from `n_past` on, in every sequence (0 clears the cache)."""
-        self._lib.llama_memory_seq_rm(self._memory, -1, n_past, -1)
-
     def clear(self, seq: int) -> None:
         """Forget everything of one sequence."""
         self._lib.llama_memory_seq_rm(self._memory, seq, -1, -1)
@@ -191,13 +187,36 @@ class Context:
         """One llama_decode over several sequences. Each row is (sequence, tokens, position of the first
         token, whether to return the logits after its last token). Returns, per row, those logits as a view
         that the next decode overwrites, or None."""
+        ends = self._submit(rows, every_position=False)
+        shape = (self.model.n_vocab,)
+        return [None if end is None else np.ctypeslib.as_array(self._lib.llama_get_logits_ith(self.ptr, end), shape=shape) for end in ends]
+
+    def logits(self, token_ids: list[int]) -> np.ndarray:
+        """Decode `token_ids` from position 0 as sequence 0, in chunks of n_batch; the logits at every position."""
+        if len(token_ids) > self.n_ctx:
+            raise ModelFileError(f"{self.model.path}: {len(token_ids)} tokens do not fit the context of {self.n_ctx}")
+        self.clear(0)
+        out = np.empty((len(token_ids), self.model.n_vocab), dtype=np.float32)
+        for start in range(0, len(token_ids), self.n_batch):
+            chunk = token_ids[start : start + self.n_batch]
+            self._submit([(0, chunk, start, True)], every_position=True)
+            for i in range(len(chunk)):
+                out[start + i] = np.ctypeslib.as_array(self._lib.llama_get_logits_ith(self.ptr, i), shape=(self.model.n_vocab,))
+        return out
+
+    def _submit(self, rows: list[tuple[int, list[int], int, bool]], every_position: bool) -> list[int | None]:
+        """Fill the reused llama_batch with `rows` and decode it; returns each row's last batch index when
+        its logits were asked for."""
         lib = self._lib
         total = sum(len(tokens) for _, tokens, _, _ in rows)
         if total > self.n_batch:  # writing past the batch's arrays would corrupt memory
             raise ValueError(f"{total} tokens in one decode; the batch holds {self.n_batch}")
-        batch = self._ensure_batch()
+        if self._batch is None:
+            self._batch = lib.llama_batch_init(self.n_batch, 0, 1)
+        batch = self._batch
+        ends: list[int | None] = []
         n = 0
-        for seq, tokens, pos, _ in rows:
+        for seq, tokens, pos, want in rows:
             if pos + len(tokens) > self.n_ctx:
                 raise ModelFileError(f"{self.model.path}: {pos + len(tokens)} tokens do not fit the context of {self.n_ctx}")
             for i, tok in enumerate(tokens):
@@ -205,62 +224,16 @@ class Context:
                 batch.pos[n] = pos + i
                 batch.n_seq_id[n] = 1
                 batch.seq_id[n][0] = seq
-                batch.logits[n] = 0
+                batch.logits[n] = every_position
                 n += 1
-        ends = []
-        n = 0
-        for _, tokens, _, want in rows:
-            n += len(tokens)
-            ends.append(n - 1 if want else None)
             if want:
                 batch.logits[n - 1] = 1
+            ends.append(n - 1 if want else None)
         batch.n_tokens = n
         rc = lib.llama_decode(self.ptr, batch)
         if rc != 0:
             raise ModelFileError(f"{self.model.path}: llama_decode failed with code {rc}")
-        shape = (self.model.n_vocab,)
-        return [None if end is None else np.ctypeslib.as_array(lib.llama_get_logits_ith(self.ptr, end), shape=shape) for end in ends]
-
-    def _ensure_batch(self):
-        if self._batch is None:
-            self._batch = self._lib.llama_batch_init(self.n_batch, 0, 1)
-        return self._batch
-
-    def eval(self, token_ids: list[int], n_past: int) -> np.ndarray:
-        """Decode `token_ids` at positions n_past, n_past + 1, ...; return the last position's logits (a copy)."""
-        return self._decode(token_ids, n_past, every_position=False)[-1]
-
-    def logits(self, token_ids: list[int]) -> np.ndarray:
-        """Decode `token_ids` from position 0 as one sequence; return the logits at every position."""
-        self.truncate(0)
-        return self._decode(token_ids, 0, every_position=True)
-
-    def _decode(self, token_ids: list[int], n_past: int, every_position: bool) -> np.ndarray:
-        """Decode in chunks of n_batch through one reused llama_batch; logits of every position, or of the last."""
-        lib = self._lib
-        if n_past + len(token_ids) > self.n_ctx:
-            raise ModelFileError(f"{self.model.path}: {n_past + len(token_ids)} tokens do not fit the context of {self.n_ctx}")
-        batch = self._ensure_batch()
-        out = np.empty((len(token_ids) if every_position else 1, self.model.n_vocab), dtype=np.float32)
-        for start in range(0, len(token_ids), self.n_batch):
-            chunk = token_ids[start : start + self.n_batch]
-            batch.n_tokens = len(chunk)
-            for i, tok in enumerate(chunk):
-                batch.token[i] = tok
-                batch.pos[i] = n_past + start + i
-                batch.n_seq_id[i] = 1
-                batch.seq_id[i][0] = 0
-                batch.logits[i] = every_position
-            batch.logits[len(chunk) - 1] = 1
-            rc = lib.llama_decode(self.ptr, batch)
-            if rc != 0:
-                raise ModelFileError(f"{self.model.path}: llama_decode failed with code {rc}")
-            if every_position:
-                for i in range(len(chunk)):
-                    out[start + i] = np.ctypeslib.as_array(lib.llama_get_logits_ith(self.ptr, i), shape=(self.model.n_vocab,))
-        if not every_position:
-            out[0] = np.ctypeslib.as_array(lib.llama_get_logits_ith(self.ptr, -1), shape=(self.model.n_vocab,))
-        return out
+        return ends
 
     def close(self) -> None:
         if self._batch is not None:
