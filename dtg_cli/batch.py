@@ -21,11 +21,12 @@ from typing import Any, Callable, Iterable, Iterator
 from dtg_cli.engine import END, NOT_READY, Generator, IterSource, QueuedSource, Source, Task
 from dtg_cli.errors import DtgError, UsageError
 from dtg_cli.settings import Request
+from dtg_cli.tags import Style
 
 INPUT_FORMATS = ("txt", "jsonl", "toml")
 OUTPUT_FORMATS = ("text", "jsonl")
 SAMPLING_FIELDS = ("temperature", "top_p", "top_k", "min_p", "max_new_tokens")
-CONDITION_FIELDS = ("tags", "copyright", "character", "artist", "quality", "rating", "aspect_ratio", "width", "height", "length", "identity", "ban")
+CONDITION_FIELDS = ("tags", "copyright", "character", "artist", "quality", "rating", "aspect_ratio", "width", "height", "length", "identity", "ban", "auto")
 RECORD_FIELDS = frozenset({"id", "seed", "num", *CONDITION_FIELDS, *SAMPLING_FIELDS})
 DEFAULT_FIELDS = RECORD_FIELDS - {"id"}  # in [defaults], `seed` is the base seed
 ASPECT_FIELDS = ("aspect_ratio", "width", "height")
@@ -334,6 +335,8 @@ def _check_types(fields: dict) -> None:
             raise UsageError(f"{name}: {value!r} must be a string or a list of strings")
         if name in ("rating", "length", "identity") and not isinstance(value, str):
             raise UsageError(f"{name}: {value!r} must be a string")
+        if name == "auto" and not isinstance(value, bool):
+            raise UsageError(f"auto: {value!r} must be true or false")
         if name in ("width", "height", "num", "seed") and (isinstance(value, bool) or not isinstance(value, int)):
             raise UsageError(f"{name}: {value!r} must be an integer")
         if name == "aspect_ratio" and (isinstance(value, bool) or not isinstance(value, (str, int, float))):
@@ -430,11 +433,9 @@ class Output:
     """Results, one line each, written and flushed as soon as they are done, so that an interrupted run
     leaves whole lines only. A file is replaced only with `force`, or continued with `resume`."""
 
-    def __init__(self, path: str | None, kind: str, *, escape: bool = False, resume: bool = False, force: bool = False):
-        from dtg_cli.tags import escape as escape_tag
-
+    def __init__(self, path: str | None, kind: str, *, style: Style = Style(), resume: bool = False, force: bool = False):
         self.kind = kind
-        self.fix = escape_tag if escape else (lambda t: t)
+        self.style = style
         self.resume_point = ResumePoint(0, None)
         check_output(path, resume=resume, force=force)
         self.path = None if path in (None, "-") else Path(path)
@@ -470,8 +471,9 @@ class Output:
         return ResumePoint(results, last)
 
     def write(self, result, key: RecordKey, variant: int) -> None:
+        written = result.written(self.style)
         if self.kind == "text":
-            text = ", ".join(self.fix(t) for t in result.tags) + "\n"
+            text = written["text"] + "\n"
         else:
             record = {
                 "id": key.record_id,
@@ -480,9 +482,10 @@ class Output:
                 "seed": result.seed,
                 "model": result.model,
                 "conditions": result.conditions,
-                "input_tags": [self.fix(t) for t in result.input_tags],
-                "new_tags": [self.fix(t) for t in result.new_tags],
-                "tags": [self.fix(t) for t in result.tags],
+                "input_tags": written["input_tags"],
+                "new_tags": written["new_tags"],
+                "tags": written["tags"],
+                "text": written["text"],
                 "stop": result.stop,
             }
             text = json.dumps(record, ensure_ascii=False) + "\n"
@@ -601,7 +604,7 @@ def expand(
     skip_errors: bool = False,
     input_kind: str | None = None,
     output_kind: str | None = None,
-    escape: bool = False,
+    style: Style = Style(),
     on_error: Callable[[str], None] | None = None,
     on_progress: Callable[[Summary], None] | None = None,
     summary: Summary | None = None,
@@ -622,7 +625,7 @@ def expand(
             raise BatchInputError(source.name, f"[defaults] seed: {seed!r} must be an integer between 0 and 2**32 - 1")
         summary = summary or Summary()
         summary.base_seed = seed
-        with Output(output_path, kind, escape=escape, resume=resume, force=force) as out:
+        with Output(output_path, kind, style=style, resume=resume, force=force) as out:
             records = QueuedSource(source.records()) if input_path == "-" else IterSource(source.records())
             tasks = _Tasks(records, generator=generator, options=options or {}, defaults=source.defaults, base_seed=seed,
                            shard=shard, resume=out.resume_point, by_count=kind == "text")  # fmt: skip

@@ -16,7 +16,7 @@ from typer.core import TyperGroup
 from dtg_cli import __version__
 from dtg_cli.errors import DtgError
 
-err = Console(stderr=True, highlight=False)
+err = Console(stderr=True, highlight=False, emoji=False)
 
 
 def _usage_errors() -> tuple[type[Exception], ...]:
@@ -257,7 +257,43 @@ Ban = Annotated[
     Optional[list[str]],
     typer.Option(help="A tag that must not appear: a glob such as '*hair*' or re:REGEX. Repeatable.", rich_help_panel=_SAMPLING),
 ]
-EscapeTags = Annotated[bool, typer.Option("--escape", help="Write ( and ) as \\( and \\) for web UIs.", rich_help_panel=_OUTPUT)]
+EscapeTags = Annotated[
+    Optional[bool],
+    typer.Option("--escape/--no-escape", help="Write ( and ) in tags as \\( and \\) for web UIs (default: when the prompt uses web-UI syntax).", rich_help_panel=_OUTPUT),
+]
+Order = Annotated[
+    Optional[str],
+    typer.Option(help="model (your tags where you wrote them, then the new ones), alpha, or category (by --template).", rich_help_panel=_OUTPUT),
+]
+Template = Annotated[
+    Optional[str],
+    typer.Option(
+        help="Categories in output order, for --order category (implied): people, character, copyright, artist, general, meta, rating, "
+        "quality (the default); one left out is left out of the output.",
+        rich_help_panel=_OUTPUT,
+    ),
+]
+Underscores = Annotated[bool, typer.Option("--underscores", help="Write tags with underscores (long_hair), for models trained on them.", rich_help_panel=_OUTPUT)]
+Auto = Annotated[
+    Optional[bool],
+    typer.Option(
+        "--auto/--no-auto",
+        help="Sort a flat tag list into the prompt's fields (character, copyright, artist, rating, quality, general) by the tag "
+        "database (default: on); a field's own flag wins.",
+        rich_help_panel=_CONDITIONS,
+    ),
+]
+
+
+def _style(order: str | None, template: str | None, escape_tags: bool | None, underscores: bool):
+    from dtg_cli.tags import DEFAULT_TEMPLATE, Style, parse_template
+
+    return Style(
+        order=order or ("category" if template else "model"),
+        template=parse_template(template) if template is not None else DEFAULT_TEMPLATE,
+        escape=escape_tags,
+        underscores=underscores,
+    )
 
 
 @app.command(no_args_is_help=False)
@@ -282,6 +318,7 @@ def generate(
     length: Length = None,
     identity: Identity = None,
     quality: Quality = None,
+    auto: Auto = None,
     temperature: Temperature = None,
     top_p: TopP = None,
     top_k: TopK = None,
@@ -293,7 +330,10 @@ def generate(
     output_format: Annotated[
         str, typer.Option("--format", help="text (one line per result), json (an array) or jsonl.", rich_help_panel=_OUTPUT)
     ] = "text",
-    escape_tags: EscapeTags = False,
+    order: Order = None,
+    template: Template = None,
+    escape_tags: EscapeTags = None,
+    underscores: Underscores = False,
     verbose: Verbose = False,
 ) -> None:
     """Generate tags from TAGS: the given tags, then the model's new ones, one line per result.
@@ -311,12 +351,13 @@ def generate(
     _setup_logging(verbose)
     if output_format not in ("text", "json", "jsonl"):
         raise UsageError(f"--format: {output_format!r} is not one of text, json, jsonl")
+    style = _style(order, template, escape_tags, underscores)
     sampling = Sampling(temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p, max_new_tokens=max_new_tokens, seed=seed)
     base = Request.from_options(
         "" if tags in (None, "-") else tags,
         copyright=copyright, character=character, artist=artist, quality=quality, rating=rating,
         aspect_ratio=aspect_ratio, width=width, height=height, length=length, identity=identity,
-        ban=ban or (), num=num, sampling=sampling,
+        ban=ban or (), num=num, sampling=sampling, auto=auto is not False,
     )  # fmt: skip
     lines = _input_lines(tags)
     first = next(lines, None) if lines is not None else None
@@ -327,7 +368,7 @@ def generate(
             model, quant, prompt_format=prompt_format, n_gpu_layers=n_gpu_layers, threads=threads, progress=progress, request=base
         )
     log = logging.getLogger("dtg")
-    with generator, _Output(output_format, escape_tags) as out:
+    with generator, _Output(output_format, style) as out:
         log.info(f"{generator.name}: {generator.model.path} ({generator.format.name} prompt), loaded in {generator.load_s:.2f} s")
         if lines is None:
             results = generator.generate(base, out.stream, parallel=parallel)
@@ -362,13 +403,11 @@ def _input_lines(tags: str | None):
 class _Output:
     """Results on stdout: text lines (tags streamed live on a terminal), a JSON array, or JSON lines."""
 
-    def __init__(self, kind: str, escape_tags: bool):
-        from dtg_cli.tags import escape as escape_tag
-
+    def __init__(self, kind: str, style):
         self.kind = kind
-        self.fix = escape_tag if escape_tags else (lambda t: t)
-        self.console = Console(highlight=False, soft_wrap=True)
-        self.live = kind == "text" and self.console.is_terminal
+        self.style = style
+        self.console = Console(highlight=False, soft_wrap=True, emoji=False)
+        self.live = kind == "text" and self.console.is_terminal and style.order == "model"  # other orders need the whole result
         self.count = 0
         self.stream = _LiveLine(self) if self.live else None
 
@@ -386,15 +425,15 @@ class _Output:
     def write(self, result) -> None:
         import json
 
-        tags = [self.fix(t) for t in result.tags]
+        written = result.written(self.style)
         if self.kind == "text":
             if self.live:
                 self.stream.finished()
             else:
-                sys.stdout.write(", ".join(tags) + "\n")
+                sys.stdout.write(written["text"] + "\n")
         else:
             record = result.to_dict()
-            record["tags"], record["new_tags"] = tags, [self.fix(t) for t in result.new_tags]
+            record.update(written)
             if self.kind == "json":
                 sys.stdout.write(("," if self.count else "[") + "\n" + json.dumps(record, ensure_ascii=False, indent=2))
             else:
@@ -412,13 +451,14 @@ class _LiveLine:
 
         self.out = output
         self.units: deque = deque()  # started and not yet written, in output order
-        self.waiting: dict = {}  # unit -> tags of a result that is not shown yet
+        self.waiting: dict = {}  # unit -> (layout, new tags so far) of a result that is not shown yet
+        self.layout = None  # of the result shown
         self.first = True
         self.open = False  # a line has been started and not ended
 
-    def start(self, unit, tags: list[str]) -> None:
+    def start(self, unit, layout) -> None:
         self.units.append(unit)
-        self.waiting[unit] = (list(tags), [])  # the given tags, the new ones so far
+        self.waiting[unit] = (layout, [])
         if len(self.units) == 1:
             self._show(unit)
 
@@ -430,6 +470,10 @@ class _LiveLine:
 
     def finished(self) -> None:
         """The shown result has been written: end its line and show the next one."""
+        from dtg_cli.tags import stream_parts
+
+        after = stream_parts(self.layout, self.out.style)[1]
+        self.out.console.print(escape(("" if self.first or not after else ", ") + after), end="")
         self.out.console.print()
         self.open = False
         self.units.popleft()
@@ -437,15 +481,19 @@ class _LiveLine:
             self._show(self.units[0])
 
     def _show(self, unit) -> None:
-        given, new = self.waiting.pop(unit)
-        self.out.console.print(", ".join(self.out.fix(t) for t in given), end="")
-        self.first = not given
+        from dtg_cli.tags import stream_parts
+
+        self.layout, new = self.waiting.pop(unit)
+        before = stream_parts(self.layout, self.out.style)[0]
+        self.out.console.print(escape(before), end="")
+        self.first = not before
         self.open = True
         for tag in new:
             self._print(tag)
 
     def _print(self, tag: str) -> None:
-        self.out.console.print(("" if self.first else ", ") + f"[cyan]{escape(self.out.fix(tag))}[/]", end="")
+        shown = self.out.style.tag(tag, self.layout)
+        self.out.console.print(("" if self.first else ", ") + f"[cyan]{escape(shown)}[/]", end="")
         self.first = False
 
 
@@ -482,6 +530,7 @@ def batch(
     length: Length = None,
     identity: Identity = None,
     quality: Quality = None,
+    auto: Auto = None,
     temperature: Temperature = None,
     top_p: TopP = None,
     top_k: TopK = None,
@@ -503,7 +552,10 @@ def batch(
     input_format: Annotated[
         Optional[str], typer.Option(help="txt, jsonl or toml (default: from the extension, else from the first line).", rich_help_panel=_OUTPUT)
     ] = None,
-    escape_tags: EscapeTags = False,
+    order: Order = None,
+    template: Template = None,
+    escape_tags: EscapeTags = None,
+    underscores: Underscores = False,
     resume: Annotated[bool, typer.Option("--resume", help="Keep the results already in -o FILE and do the rest.", rich_help_panel="Run")] = False,
     force: Annotated[bool, typer.Option("--force", help="Replace -o FILE if it exists.", rich_help_panel="Run")] = False,
     skip_errors: Annotated[
@@ -528,6 +580,7 @@ def batch(
     from dtg_cli.settings import Request, Sampling
 
     _setup_logging(verbose)
+    style = _style(order, template, escape_tags, underscores)
     shard_of = batching.parse_shard(shard) if shard is not None else (0, 1)
     kind = batching.output_format(output, output_format)
     batching.check_output(output, resume=resume, force=force)
@@ -541,7 +594,7 @@ def batch(
         "copyright": copyright, "character": character, "artist": artist, "quality": quality, "rating": rating,
         "aspect_ratio": aspect_ratio, "width": width, "height": height, "length": length, "identity": identity,
         "ban": ban or None, "num": num, "temperature": temperature, "top_p": top_p, "top_k": top_k, "min_p": min_p,
-        "max_new_tokens": max_new_tokens,
+        "max_new_tokens": max_new_tokens, "auto": auto,
     }  # fmt: skip
     sampling = Sampling(temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p, max_new_tokens=max_new_tokens, seed=seed)
     conditions = {k: options[k] for k in ("copyright", "character", "artist", "quality", "rating", "aspect_ratio", "width", "height", "length", "identity")}
@@ -558,7 +611,7 @@ def batch(
             batching.expand(
                 generator, input_path, output, options=options, base_seed=seed, parallel=parallel, shard=shard_of,
                 resume=resume, force=force, skip_errors=skip_errors, input_kind=input_format, output_kind=kind,
-                escape=escape_tags, on_error=lambda message: err.print(f"[yellow]skipped:[/] {escape(message)}", soft_wrap=True),
+                style=style, on_error=lambda message: err.print(f"[yellow]skipped:[/] {escape(message)}", soft_wrap=True),
                 on_progress=bar.update if bar else None, summary=summary,
             )  # fmt: skip
     except KeyboardInterrupt:
@@ -573,9 +626,13 @@ def batch(
     if generator.unknown_tags and not verbose:
         common = sorted(generator.unknown_tags.items(), key=lambda kv: -kv[1])[:5]
         listed = ", ".join(f"{tag!r} ({n}x)" for tag, n in common)
+        what = (
+            f"are not in {generator.name}'s vocabulary, so the model saw <|unk|> for them"
+            if generator.tokenizer.vocabulary is not None
+            else "are not in the danbooru tag database"
+        )
         logging.getLogger("dtg").warning(
-            f"{len(generator.unknown_tags)} distinct input tags are not in {generator.name}'s vocabulary, so the model saw "
-            f"<|unk|> for them; most frequent: {listed} (-v names each with close matches)"
+            f"{len(generator.unknown_tags)} distinct input tags {what}; most frequent: {listed} (-v names each with suggestions)"
         )
 
 
@@ -614,20 +671,18 @@ class _BatchProgress:
 @app.command()
 def merge(
     files: Annotated[list[Path], typer.Argument(help="JSONL outputs of dtg batch --shard K/N, one per shard.")],
-    output_format: Annotated[str, typer.Option("--format", help="jsonl (the records) or text (one tag line per result).")] = "jsonl",
-    escape_tags: EscapeTags = False,
+    output_format: Annotated[str, typer.Option("--format", help="jsonl (the records) or text (each result's line, as dtg batch wrote it).")] = "jsonl",
 ) -> None:
     """Merge the JSONL outputs of a sharded batch run into one stream on stdout, in input order."""
     from dtg_cli import batch as batching
     from dtg_cli.errors import UsageError
-    from dtg_cli.tags import escape as escape_tag
 
     if output_format not in ("jsonl", "text"):
         raise UsageError(f"--format: {output_format!r} is not one of jsonl, text")
     out = sys.stdout.buffer if hasattr(sys.stdout, "buffer") else None
     for record, raw in batching.merge([str(f) for f in files]):
         if output_format == "text":
-            line = ", ".join(escape_tag(t) if escape_tags else t for t in record.get("tags", [])) + "\n"
+            line = record.get("text", ", ".join(record.get("tags", []))) + "\n"
             sys.stdout.write(line)
         elif out is not None:
             sys.stdout.flush()
@@ -635,6 +690,128 @@ def merge(
         else:
             sys.stdout.write(raw.decode("utf-8"))
     sys.stdout.flush()
+
+
+# --- tags -------------------------------------------------------------------------------------------
+
+tags_app = typer.Typer(help="Look tags up in the bundled danbooru tag database.", no_args_is_help=True)
+app.add_typer(tags_app, name="tags")
+
+TableFormat = Annotated[str, typer.Option("--format", help="table or json.")]
+
+
+def _table_format(value: str) -> str:
+    from dtg_cli.errors import UsageError
+
+    if value not in ("table", "json"):
+        raise UsageError(f"--format: {value!r} is not one of table, json")
+    return value
+
+
+@tags_app.command("check")
+def tags_check(
+    tags: Annotated[str, typer.Argument(help="Tags as you would give them to generate (web-UI syntax welcome); '-' reads stdin.")],
+    model: ModelName = "dart-v2-moe-sft",
+    quant: Quant = "q8_0",
+    output_format: TableFormat = "table",
+) -> None:
+    """Each tag of TAGS: its canonical form, category, post count, whether the model knows it, suggestions.
+
+    Exits with 1 when a tag is unknown to the database or to the model's vocabulary. Only a model
+    already on disk is checked against; nothing is downloaded.
+    """
+    import json
+
+    from dtg_cli.errors import UsageError
+    from dtg_cli.store import parse_quant, tag_vocabulary
+    from dtg_cli.syntax import parse
+    from dtg_cli.tagdb import database
+    from dtg_cli.tags import identify
+
+    output_format = _table_format(output_format)
+    text = sys.stdin.read() if tags == "-" else tags
+    pieces, _ = parse(text)
+    inputs = [p for p in pieces if p.kind == "tag"]
+    if not inputs:
+        what = "only " + ", ".join(sorted({p.kind + "s" for p in pieces})) if pieces else "nothing"
+        raise UsageError(f"no tags to check: the input holds {what}")
+    name, vocabulary, why = tag_vocabulary(model, parse_quant(quant))
+    if why:
+        err.print(f"[yellow]note:[/] {escape(why)}", soft_wrap=True)
+    rows = []
+    for piece in inputs:
+        known = identify(piece.text)
+        condition = known.category in ("rating", "quality")  # prompt conditions, not vocabulary tags
+        in_model = None if vocabulary is None or condition else (known.name in vocabulary or known.name.replace(" ", "_") in vocabulary)
+        problem = known.unknown or in_model is False
+        allowed = (lambda t: t in vocabulary) if vocabulary is not None else None
+        rows.append({
+            "input": piece.wrapped(),
+            "tag": known.name,
+            "category": known.category,
+            "posts": known.count,
+            "alias": known.alias,
+            "unknown": known.unknown,
+            "model_knows": in_model,
+            "suggestions": database().suggest(known.name, allowed=allowed) if problem else [],
+        })  # fmt: skip
+    if output_format == "json":
+        sys.stdout.write(json.dumps({"model": name, "tags": rows}, ensure_ascii=False, indent=2) + "\n")
+    else:
+        from rich.table import Table
+
+        table = Table(title=f"tags for {name}", title_justify="left")
+        for column in ("input", "tag", "category", "posts", "in model", "suggestions"):
+            table.add_column(column, justify="right" if column == "posts" else "left")
+        for r in rows:
+            knows = {None: "-", True: "yes", False: "[red]no[/]"}[r["model_knows"]]
+            tag = escape(r["tag"]) if not r["unknown"] else f"[red]{escape(r['tag'])}[/] (unknown)"
+            posts = f"{r['posts']:,}" if r["posts"] is not None else ""
+            table.add_row(escape(r["input"]), tag, r["category"], posts, knows, escape(", ".join(r["suggestions"])))
+        Console(highlight=False, emoji=False).print(table)
+    if any(r["unknown"] or r["model_knows"] is False for r in rows):
+        raise typer.Exit(1)
+
+
+@tags_app.command("search")
+def tags_search(
+    pattern: Annotated[str, typer.Argument(help="A prefix (\"cat\") or a glob (\"*hair*\", \"cat?ears\"); underscores and spaces match alike.")],
+    limit: Annotated[int, typer.Option("--limit", "-n", help="How many tags to show.")] = 20,
+    category: Annotated[Optional[str], typer.Option(help="Only general, artist, copyright, character or meta tags.")] = None,
+    output_format: TableFormat = "table",
+) -> None:
+    """The most used danbooru tags matching PATTERN, with their category and post count.
+
+    Exits with 1 when none matches.
+    """
+    import json
+
+    from dtg_cli.errors import UsageError
+    from dtg_cli.tagdb import CATEGORIES, database, key
+
+    output_format = _table_format(output_format)
+    if not key(pattern):
+        raise UsageError("the pattern is empty (use '*' for every tag)")
+    if limit < 1:
+        raise UsageError(f"--limit: {limit} must be 1 or more")
+    if category is not None and category not in CATEGORIES.values():
+        raise UsageError(f"--category: {category!r} is not one of {', '.join(CATEGORIES.values())}")
+    found = database().search(pattern, limit=limit, category=category)
+    if output_format == "json":
+        sys.stdout.write(json.dumps([{"tag": t.name, "category": t.category, "posts": t.count} for t in found], ensure_ascii=False, indent=2) + "\n")
+    elif found:
+        from rich.table import Table
+
+        table = Table()
+        table.add_column("tag")
+        table.add_column("category")
+        table.add_column("posts", justify="right")
+        for t in found:
+            table.add_row(escape(t.name), t.category, f"{t.count:,}")
+        Console(highlight=False, emoji=False).print(table)
+    if not found:
+        err.print(f"no tag matches {escape(repr(pattern))}", soft_wrap=True)
+        raise typer.Exit(1)
 
 
 # --- models -----------------------------------------------------------------------------------------

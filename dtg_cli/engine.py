@@ -10,7 +10,7 @@ import codecs
 import logging
 import secrets
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from collections import deque
 from typing import Any, Callable, Iterable, Iterator
@@ -20,7 +20,7 @@ import numpy as np
 from dtg_cli.errors import DtgError, ModelFileError, UsageError
 from dtg_cli.prompts import FLAGS, FORMATS
 from dtg_cli.settings import FAMILY_SAMPLING, Request, Sampling
-from dtg_cli.tags import clean, close_matches, compile_bans
+from dtg_cli.tags import Layout, Reading, Style, compile_bans, identify, read, render
 
 log = logging.getLogger("dtg")
 
@@ -142,7 +142,7 @@ class Result:
     prompt: str  # the exact model input text
     input_ids: list[int]
     output_ids: list[int]
-    tags: list[str]  # every tag of the result: the conditions' tags, the input tags, then the new ones
+    tags: list[str]  # every tag of the result: the flags' tags, the user's tags as written, the new ones
     new_tags: list[str]
     input_tags: list[str]
     seed: int
@@ -151,9 +151,20 @@ class Result:
     timings: dict
     continuations: list[dict] = field(default_factory=list)  # DanTagGen retries: prompt and output ids each
     conditions: dict = field(default_factory=dict)  # the conditions the prompt was built with, defaults included
+    layout: Layout | None = field(default=None, repr=False)  # what the user wrote, for `dtg_cli.tags.render`
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "layout"}
+
+    def written(self, style: Style = Style()) -> dict:
+        """The result as dtg writes it in `style`: the line (`text`, in the user's syntax) and tag lists."""
+        text, tags = render(self.layout, self.new_tags, style)
+        return {
+            "text": text,
+            "tags": tags,
+            "new_tags": [style.tag(t, self.layout) for t in self.new_tags],
+            "input_tags": [style.tag(t, self.layout) for t in self.input_tags],
+        }
 
 
 @dataclass
@@ -171,7 +182,7 @@ class Stream:
     """Receives results as they are generated. `unit` is (input position, variant): units start in input
     order, but with several sequences decoded together their tags arrive interleaved."""
 
-    def start(self, unit: tuple[int, int], tags: list[str]) -> None: ...
+    def start(self, unit: tuple[int, int], layout: Layout) -> None: ...
 
     def tag(self, unit: tuple[int, int], tag: str) -> None: ...
 
@@ -252,7 +263,7 @@ class _Prepared:
     prompt: str
     input_ids: list[int]
     general: list[str]
-    fixed: list[str]
+    layout: Layout  # what the user wrote, to write the result back in
     banned: Callable[[str], bool]
     bias: np.ndarray | None
     minimum: int
@@ -276,7 +287,7 @@ class _Sequence:
         self.pass_ids = self.output_ids
         self.feed = tokenizer.tag_decoder()
         self.new_tags: list[str] = []
-        self.seen = {t.lower() for t in [*prepared.fixed, *prepared.general]}
+        self.seen = {t.lower() for t in prepared.general} | {k.name.lower() for k in prepared.layout.tags()}
         self.continuations: list[dict] = []
         self.n_new = 0
         self.stop = "max_new_tokens"
@@ -342,20 +353,31 @@ class Generator:
     def check(self, request: Request) -> None:
         check_conditions(request, self.format, self.name)
 
-    def _note_unknown(self, tags: list[str], what: str) -> None:
+    def _note_unknown(self, reading: Reading) -> None:
+        """Warn (once per tag) about input tags the model cannot read as tags: for Dart, those not in its
+        vocabulary (each is an <|unk|> token); for DanTagGen, those not in the danbooru database."""
+        from dtg_cli.tagdb import database
+
         vocabulary = self.tokenizer.vocabulary
-        if vocabulary is None:
-            return
-        for tag in tags:
-            key = tag.lower()
-            if key in vocabulary:
-                continue
+        r = reading.request
+        if vocabulary is not None:
+            problems = [identify(t) for t in (*r.tags, *r.character, *r.copyright, *r.artist) if t.lower() not in vocabulary]
+        else:
+            problems = reading.unknown
+        for known in problems:
+            key = known.name.lower()
             seen = key in self.unknown_tags
             self.unknown_tags[key] = self.unknown_tags.get(key, 0) + 1
-            if self.warn_unknown and not seen:
-                near = close_matches(tag, vocabulary)
-                hint = f"; close matches: {', '.join(near)}" if near else ""
-                log.warning(f"{what} {tag!r} is not in {self.name}'s vocabulary, so the model sees <|unk|>{hint}")
+            if not self.warn_unknown or seen:
+                continue
+            if vocabulary is None:
+                what = f"unknown tag {known.written!r}: not in the danbooru tag database (the model reads it as plain text)"
+            elif known.count is None:
+                what = f"unknown tag {known.written!r}: not in the danbooru tag database nor in {self.name}'s vocabulary, so the model sees <|unk|>"
+            else:
+                what = f"{known.name!r} is a danbooru {known.category} tag, but not in {self.name}'s vocabulary, so the model sees <|unk|>"
+            near = database().suggest(known.name, allowed=(lambda t: t.lower() in vocabulary) if vocabulary is not None else None)
+            log.warning(what + (f"; did you mean: {', '.join(near)}" if near else ""))
 
     # -- sizing --
 
@@ -405,12 +427,10 @@ class Generator:
         """Check a task and build its prompt; raises UsageError for what this model cannot do."""
         request = task.request
         self.check(request)
-        vocabulary = self.tokenizer.vocabulary
-        request = _replace_tags(request, lambda tags: clean(tags, vocabulary))
+        reading = read(request, self.format.accepts, self.tokenizer.vocabulary)
+        request = reading.request
         if note_unknown:
-            self._note_unknown(list(request.tags), "tag")
-            self._note_unknown(list(request.copyright), "copyright tag")
-            self._note_unknown(list(request.character), "character tag")
+            self._note_unknown(reading)
         sampling = request.sampling.with_defaults(self.defaults)
         if task.seeds is not None:
             if len(task.seeds) != request.num:
@@ -430,7 +450,7 @@ class Generator:
         return _Prepared(
             task=task, index=index, request=request, sampling=sampling, seeds=seeds, prompt=prompt,
             input_ids=input_ids, general=general,
-            fixed=[*request.character, *request.copyright, *request.artist],
+            layout=reading.layout,
             banned=banned, bias=self._ban_mask(request.ban, banned), minimum=minimum, maximum=maximum,
             conditions=self.format.conditions(request),
         )  # fmt: skip
@@ -521,7 +541,7 @@ class Generator:
         context.clear(slot)
         sequence = _Sequence(prepared, variant, slot, self.tokenizer)
         if stream:
-            stream.start(sequence.unit, [*prepared.fixed, *prepared.general])
+            stream.start(sequence.unit, prepared.layout)
         return sequence
 
     def _step(self, context, slots: list[_Sequence | None], stream: Stream | None) -> list[_Sequence]:
@@ -617,7 +637,7 @@ class Generator:
             prompt=p.prompt,
             input_ids=p.input_ids,
             output_ids=s.output_ids,
-            tags=[*p.fixed, *p.general, *s.new_tags],
+            tags=render(p.layout, s.new_tags)[1],
             new_tags=s.new_tags,
             input_tags=p.general,
             seed=s.seed,
@@ -631,6 +651,7 @@ class Generator:
             },
             continuations=s.continuations,
             conditions=p.conditions,
+            layout=p.layout,
         )
 
 
@@ -645,19 +666,6 @@ def check_conditions(request: Request, prompt_format, model_name: str) -> None:
                 f"{FLAGS[condition]} is not used by {model_name} (prompt format {prompt_format.name}); "
                 f"models that accept it: {', '.join(others) or 'none'}"
             )
-
-
-def _replace_tags(request: Request, tidy) -> Request:
-    from dataclasses import replace
-
-    return replace(
-        request,
-        tags=tuple(tidy(request.tags)),
-        copyright=tuple(tidy(request.copyright)),
-        character=tuple(tidy(request.character)),
-        artist=tuple(tidy(request.artist)),
-        quality=tuple(tidy(request.quality)),
-    )
 
 
 def detect_prompt_format(model, tokenizer) -> str:

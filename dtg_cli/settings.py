@@ -125,6 +125,7 @@ class Request:
     identity: str | None = None
     ban: tuple[str, ...] = ()
     num: int = 1
+    auto: bool = True  # sort a flat tag list into the prompt's fields by the tag database (--no-auto)
     sampling: Sampling = field(default_factory=Sampling)
 
     def __post_init__(self):
@@ -136,6 +137,8 @@ class Request:
             object.__setattr__(self, "identity", _choice(self.identity, IDENTITIES, "--identity"))
         if self.aspect_ratio is not None:
             object.__setattr__(self, "aspect_ratio", parse_aspect_ratio(self.aspect_ratio))
+        if not isinstance(self.auto, bool):
+            raise UsageError(f"--auto: {self.auto!r} must be true or false")
         if isinstance(self.num, bool) or not isinstance(self.num, int) or not 1 <= self.num <= 1000:
             raise UsageError(f"--num: {self.num!r} must be an integer between 1 and 1000")
         from dtg_cli.tags import compile_bans
@@ -183,7 +186,7 @@ class Request:
             if unknown:
                 raise UsageError(f"unknown sampling setting {', '.join(sorted(unknown))} (known: {', '.join(sorted(known))})")
             sampling = Sampling(**sampling)
-        unknown = set(conditions) - {"rating", "length", "identity", "num"}
+        unknown = set(conditions) - {"rating", "length", "identity", "num", "auto"}
         if unknown:
             raise UsageError(f"unknown setting {', '.join(sorted(unknown))}")
         return cls(

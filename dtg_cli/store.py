@@ -184,3 +184,34 @@ def gguf_info(path: Path) -> dict:
         "license": value("general.license"),
     }
     return {k: v for k, v in info.items() if v is not None}
+
+
+def tag_vocabulary(model: str, quant: str = DEFAULT_QUANT) -> tuple[str, frozenset[str] | None, str | None]:
+    """(name, tags, why not) for `dtg tags check`: the tags a Dart model's vocabulary holds, read from its
+    GGUF on disk (never downloaded for this). `tags` is None for DanTagGen, whose SentencePiece
+    vocabulary reads any text, and when no file of the model is on disk; `why not` then says which."""
+    import gguf
+
+    from dtg_cli.engine import WordTokenizer
+
+    if is_model_name(model):
+        entry = lookup(model)
+        if entry.family != "dart-v2":
+            return entry.name, None, f"{entry.name} reads any text (SentencePiece), so it has no tag list to check against"
+        path = on_disk(entry, quant) or next((p for q in QUANTS if (p := on_disk(entry, q)) is not None), None)
+        if path is None:
+            return entry.name, None, f"{entry.name} is not on disk, so its vocabulary is not checked: dtg models pull {entry.name}"
+        name = entry.name
+    else:
+        path = Path(model).expanduser()
+        if not path.is_file():
+            raise ModelFileError(f"{path}: no such model file")
+        name = path.stem
+    try:
+        field = gguf.GGUFReader(str(path)).get_field("tokenizer.huggingface.json")
+        text = field.contents() if field is not None else None
+    except Exception as e:  # gguf-py raises many kinds on a damaged file
+        raise ModelFileError(f"{path}: not a readable GGUF file ({type(e).__name__}: {e})") from e
+    if text is None:
+        return name, None, f"{name} reads any text (SentencePiece), so it has no tag list to check against"
+    return name, WordTokenizer(text).vocabulary, None

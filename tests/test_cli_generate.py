@@ -114,8 +114,8 @@ def test_prompt_format_is_detected_from_the_source_repo(checkpoints, tmp_path):
 
     fill_hub_cache("p1atdev/dart-v2-moe-base", checkpoints["dart-moe"])
     (path,) = convert("p1atdev/dart-v2-moe-base", tmp_path, ["f16"])
-    (r,) = records(run("generate", "b, a", "-m", path, "--max-new-tokens", 2, "--format", "json"))
-    assert r["prompt"].endswith("<general>a, b")  # the base format: sorted, no <|input_end|>
+    (r,) = records(run("generate", "solo, 1girl", "-m", path, "--max-new-tokens", 2, "--format", "json"))
+    assert r["prompt"].endswith("<general>1girl, solo")  # the base format: sorted, no <|input_end|>
 
 
 # --- the model cache and the hub cache ------------------------------------------------------------

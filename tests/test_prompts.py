@@ -8,7 +8,7 @@ import pytest
 
 from dtg_cli.prompts import FORMATS, dart_aspect_bucket
 from dtg_cli.settings import Request
-from dtg_cli.tags import clean
+from dtg_cli.tags import read
 
 SFT, BASE = FORMATS["dart-v2-sft"], FORMATS["dart-v2-base"]
 DTG, DELTA = FORMATS["dantaggen"], FORMATS["dantaggen-delta"]
@@ -24,8 +24,8 @@ ONE_GIRL = 103
 
 
 def build(fmt, tags="", **options):
-    request = Request.from_options(tags, **options)
-    return fmt.build(request, clean(request.tags))
+    request = read(Request.from_options(tags, **options), fmt.accepts).request
+    return fmt.build(request, list(request.tags))
 
 
 def test_dart_sft_defaults():

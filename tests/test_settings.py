@@ -3,7 +3,7 @@ import pytest
 from dtg_cli.errors import UsageError
 from dtg_cli.registry import parse_registry, registry
 from dtg_cli.settings import FAMILY_SAMPLING, Request, Sampling, parse_aspect_ratio
-from dtg_cli.tags import clean, compile_bans, escape, split_tags
+from dtg_cli.tags import compile_bans, escape, split_tags
 
 
 @pytest.mark.parametrize(
@@ -61,12 +61,6 @@ def test_request_keeps_conditions_and_lists_them():
 def test_sampling_defaults_fill_only_what_is_unset():
     s = Sampling(temperature=0.5).with_defaults(FAMILY_SAMPLING["dantaggen"])
     assert (s.temperature, s.top_p, s.top_k, s.max_new_tokens, s.seed) == (0.5, 0.95, 100, 512, None)
-
-
-def test_clean_tidies_tags():
-    assert clean(["  Cat_Ears ", "cat  ears", "1girl", "", "^_^", "long_hair", "1GIRL"]) == ["cat ears", "1girl", "^_^", "long hair"]
-    assert clean(["o_o_o"], vocabulary={"o_o_o"}) == ["o_o_o"]
-    assert clean(["^_^"], vocabulary={"^ ^"}) == ["^ ^"]
 
 
 def test_split_tags():
