@@ -64,14 +64,13 @@ def parse(text: str) -> tuple[list[Piece], bool]:
     pieces: list[Piece] = []
     stack: list[_Group] = []
     buf: list[str] = []
-    literal_depth = 0  # parentheses opened inside the current tag
+    literal: list[str] = []  # brackets opened inside the current tag, part of it
     webui = False
 
     def flush(content: str | None = None) -> None:
-        nonlocal literal_depth
         content = "".join(buf) if content is None else content
         buf.clear()
-        literal_depth = 0
+        literal.clear()
         parts = _SEPARATOR.split(content)
         for i, part in enumerate(parts):
             if i % 2:
@@ -101,14 +100,14 @@ def parse(text: str) -> tuple[list[Piece], bool]:
             continue
         elif c in "([" and not blank:
             buf.append(c)
-            literal_depth += c == "("
+            literal.append(c)
         elif c in "([":
             flush()
             stack.append(_Group(c, len(pieces), i))
             webui = True
-        elif c == ")" and literal_depth:
+        elif c in ")]" and literal and _CLOSE[literal[-1]] == c:
             buf.append(c)
-            literal_depth -= 1
+            literal.pop()
         elif c in ")]":
             if not stack or _CLOSE[stack[-1].bracket] != c:
                 raise UsageError(f"tags: unbalanced {c!r} {where(i)}")

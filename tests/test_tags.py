@@ -38,6 +38,7 @@ def test_parse_keeps_weights_networks_and_break():
         ("ganyu (genshin impact)", "ganyu (genshin impact)", "ganyu (genshin impact)"),
         ("(ganyu (genshin impact):1.1)", "ganyu (genshin impact)", "(ganyu (genshin impact):1.1)"),
         ("(:3)", ":3", "(:3)"),
+        ("(foo [bar]:0.9)", "foo [bar]", "(foo [bar]:0.9)"),
         ("<lyco:thing:1>", "<lyco:thing:1>", "<lyco:thing:1>"),
         ("[cat:dog:0.5]", "[cat:dog:0.5]", "[cat:dog:0.5]"),
     ],
