@@ -726,7 +726,7 @@ def tags_check(
     from dtg_cli.store import parse_quant, tag_vocabulary
     from dtg_cli.syntax import parse
     from dtg_cli.tagdb import database
-    from dtg_cli.tags import identify
+    from dtg_cli.tags import identify, model_form
 
     output_format = _table_format(output_format)
     text = sys.stdin.read() if tags == "-" else tags
@@ -738,13 +738,13 @@ def tags_check(
     name, vocabulary, why = tag_vocabulary(model, parse_quant(quant))
     if why:
         err.print(f"[yellow]note:[/] {escape(why)}", soft_wrap=True)
+    allowed = vocabulary.__contains__ if vocabulary is not None else None
     rows = []
     for piece in inputs:
         known = identify(piece.text)
         condition = known.category in ("rating", "quality")  # prompt conditions, not vocabulary tags
-        in_model = None if vocabulary is None or condition else (known.name in vocabulary or known.name.replace(" ", "_") in vocabulary)
+        in_model = None if vocabulary is None or condition else model_form(known.name, vocabulary) in vocabulary
         problem = known.unknown or in_model is False
-        allowed = (lambda t: t in vocabulary) if vocabulary is not None else None
         rows.append({
             "input": piece.wrapped(),
             "tag": known.name,

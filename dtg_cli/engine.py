@@ -20,7 +20,7 @@ import numpy as np
 from dtg_cli.errors import DtgError, ModelFileError, UsageError
 from dtg_cli.prompts import FLAGS, FORMATS
 from dtg_cli.settings import FAMILY_SAMPLING, Request, Sampling
-from dtg_cli.tags import Layout, Reading, Style, compile_bans, identify, read, render
+from dtg_cli.tags import Layout, Reading, Style, compile_bans, read, render
 
 log = logging.getLogger("dtg")
 
@@ -359,12 +359,7 @@ class Generator:
         from dtg_cli.tagdb import database
 
         vocabulary = self.tokenizer.vocabulary
-        r = reading.request
-        if vocabulary is not None:
-            problems = [identify(t) for t in (*r.tags, *r.character, *r.copyright, *r.artist) if t.lower() not in vocabulary]
-        else:
-            problems = reading.unknown
-        for known in problems:
+        for known in reading.unknown:
             key = known.name.lower()
             seen = key in self.unknown_tags
             self.unknown_tags[key] = self.unknown_tags.get(key, 0) + 1

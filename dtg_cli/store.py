@@ -134,16 +134,20 @@ def _remove_from_hub_cache(repo_id: str, filename: str) -> list[Path]:
     return removed
 
 
-def gguf_info(path: Path) -> dict:
-    """What a GGUF says about itself: architecture, sizes, vocabulary, quantization, source."""
+def _gguf_reader(path: Path):
     import gguf
 
-    from convert.quantize import FILE_TYPES
-
     try:
-        reader = gguf.GGUFReader(str(path))
+        return gguf.GGUFReader(str(path))
     except Exception as e:  # gguf-py raises many kinds on a damaged file
         raise ModelFileError(f"{path}: not a readable GGUF file ({type(e).__name__}: {e})") from e
+
+
+def gguf_info(path: Path) -> dict:
+    """What a GGUF says about itself: architecture, sizes, vocabulary, quantization, source."""
+    from convert.quantize import FILE_TYPES
+
+    reader = _gguf_reader(path)
 
     def value(key: str):
         field = reader.get_field(key)
@@ -190,8 +194,6 @@ def tag_vocabulary(model: str, quant: str = DEFAULT_QUANT) -> tuple[str, frozens
     """(name, tags, why not) for `dtg tags check`: the tags a Dart model's vocabulary holds, read from its
     GGUF on disk (never downloaded for this). `tags` is None for DanTagGen, whose SentencePiece
     vocabulary reads any text, and when no file of the model is on disk; `why not` then says which."""
-    import gguf
-
     from dtg_cli.engine import WordTokenizer
 
     if is_model_name(model):
@@ -207,11 +209,8 @@ def tag_vocabulary(model: str, quant: str = DEFAULT_QUANT) -> tuple[str, frozens
         if not path.is_file():
             raise ModelFileError(f"{path}: no such model file")
         name = path.stem
-    try:
-        field = gguf.GGUFReader(str(path)).get_field("tokenizer.huggingface.json")
-        text = field.contents() if field is not None else None
-    except Exception as e:  # gguf-py raises many kinds on a damaged file
-        raise ModelFileError(f"{path}: not a readable GGUF file ({type(e).__name__}: {e})") from e
+    field = _gguf_reader(path).get_field("tokenizer.huggingface.json")
+    text = field.contents() if field is not None else None
     if text is None:
         return name, None, f"{name} reads any text (SentencePiece), so it has no tag list to check against"
     return name, WordTokenizer(text).vocabulary, None

@@ -137,25 +137,25 @@ class TagDatabase:
         name = self.names.get(index) or self.keys[index].decode()
         return Tag(name, CATEGORIES.get(int(self.categories[index]), "general"), int(self.counts[index]), alias)
 
-    def index(self, tag: str) -> int | None:
-        """The index of `tag` by name, then by alias."""
+    def _find(self, tag: str) -> tuple[int, str | None] | None:
+        """(index, the alias it was found by) of `tag`, by name, then by alias."""
         k = key(tag)
         if not k:
             return None
         i = self.keys.find(k)
         if i is not None:
-            return i
+            return i, None
         a = self.alias_keys.find(k)
-        return int(self.alias_targets[a]) if a is not None else None
+        return (int(self.alias_targets[a]), k) if a is not None else None
+
+    def index(self, tag: str) -> int | None:
+        found = self._find(tag)
+        return found[0] if found else None
 
     def lookup(self, tag: str) -> Tag | None:
         """The canonical tag for a name or an alias, in any case, with underscores or spaces."""
-        k = key(tag)
-        i = self.keys.find(k) if k else None
-        if i is not None:
-            return self.entry(i)
-        a = self.alias_keys.find(k) if k else None
-        return self.entry(int(self.alias_targets[a]), alias=k) if a is not None else None
+        found = self._find(tag)
+        return self.entry(*found) if found else None
 
     def aliases_of(self, index: int) -> list[str]:
         return [self.alias_keys[int(a)].decode() for a in np.flatnonzero(self.alias_targets == index)]

@@ -162,7 +162,8 @@ class Layout:
 class Reading:
     request: Request  # what the model is given: canonical tags, each in its field
     layout: Layout
-    unknown: list[Known]  # tags given to the model that the database does not hold
+    unknown: list[Known]  # tags given to the model that it cannot read as tags: for a vocabulary (Dart),
+    # those outside it (each an <|unk|> token); otherwise those the database does not hold
     outside: list[Known]  # tags kept in the output only (meta, artists for Dart, extra rating words...)
 
 
@@ -193,12 +194,13 @@ def read(request: Request, accepts: Collection[str], vocabulary: Collection[str]
     seen: set[str] = set()
     fields: dict[str, list[str]] = {f: [] for f in ("general", "character", "copyright", "artist", "quality")}
     outside: list[Known] = []
+    unknown: list[Known] = []
 
-    def model_form(name: str) -> str:
-        if vocabulary is None or name in vocabulary:
-            return name
-        other = name.replace(" ", "_") if " " in name else name.replace("_", " ")
-        return other if other in vocabulary else name
+    def give(field_name: str, known: Known) -> None:
+        form = model_form(known.name, vocabulary)
+        fields[field_name].append(form)
+        if field_name != "quality" and (form.lower() not in vocabulary if vocabulary is not None else known.unknown):
+            unknown.append(known)
 
     for flag in ("character", "copyright", "artist", "quality"):
         for tag in _flag_tags(flag, getattr(request, flag)):
@@ -206,7 +208,7 @@ def read(request: Request, accepts: Collection[str], vocabulary: Collection[str]
             if known.name.lower() not in seen:
                 seen.add(known.name.lower())
                 layout.fixed.append(Item(Piece("tag", known.name), known))
-                fields[flag].append(model_form(known.name))
+                give(flag, known)
     rating = request.rating
     for piece in pieces:
         if piece.kind != "tag":
@@ -219,16 +221,16 @@ def read(request: Request, accepts: Collection[str], vocabulary: Collection[str]
         layout.items.append(Item(replace(piece, text=known.name), known))
         category = known.category if request.auto else "general"
         if category in ("people", "general"):
-            fields["general"].append(model_form(known.name))
+            give("general", known)
         elif category in ("character", "copyright", "artist"):
             if getattr(request, category):  # set by its flag, which wins
-                fields["general"].append(model_form(known.name))
+                give("general", known)
             elif category in accepts:
-                fields[category].append(model_form(known.name))
+                give(category, known)
             else:
                 outside.append(known)
         elif category == "rating" and rating is None:
-            rating = RATING_WORDS[key_of(known.name)]
+            rating = RATING_WORDS[known.name]  # a rating word's name is its key
         elif category == "quality" and "quality" in accepts and not request.quality:
             fields["quality"].append(known.name)
         else:
@@ -236,15 +238,15 @@ def read(request: Request, accepts: Collection[str], vocabulary: Collection[str]
     model_request = replace(
         request, tags=tuple(fields["general"]), rating=rating, **{f: tuple(fields[f]) for f in ("character", "copyright", "artist", "quality")}
     )
-    given = [*fields["general"], *fields["character"], *fields["copyright"], *fields["artist"]]
-    unknown = [k for k in layout.tags() if k.unknown and model_form(k.name) in given]
     return Reading(model_request, layout, unknown, outside)
 
 
-def key_of(tag: str) -> str:
-    from dtg_cli.tagdb import key
-
-    return key(tag)
+def model_form(name: str, vocabulary: Collection[str] | None) -> str:
+    """How a vocabulary (Dart's) spells a tag: as dtg writes it, or with underscores and spaces swapped."""
+    if vocabulary is None or name in vocabulary:
+        return name
+    other = name.replace(" ", "_") if " " in name else name.replace("_", " ")
+    return other if other in vocabulary else name
 
 
 # --- writing a result back --------------------------------------------------------------------------
@@ -282,6 +284,7 @@ def render(layout: Layout, new_tags: Iterable[str], style: Style = Style()) -> t
     a category the template leaves out is left out of the output.
     """
     from dtg_cli.syntax import Piece
+    from dtg_cli.tagdb import key
 
     new = [Item(Piece("tag", t), replace(identify(t), name=t)) for t in new_tags]  # as the model wrote them
     sections: list[list[Item]] = [[*layout.fixed]]
@@ -301,7 +304,7 @@ def render(layout: Layout, new_tags: Iterable[str], style: Style = Style()) -> t
         for n, section in enumerate(sections):
             tags = [i for i in section if i.is_tag]
             if style.order == "alpha":
-                tags.sort(key=lambda i: key_of(i.known.name))
+                tags.sort(key=lambda i: key(i.known.name))
             else:
                 rank = {c: r for r, c in enumerate(style.template)}
                 tags = sorted((i for i in tags if i.known.category in rank), key=lambda i: rank[i.known.category])
