@@ -11,7 +11,8 @@ groups (`[a:b:0.5]`, `[a|b]`), which are kept as they are. Rules:
 - A bracket opens emphasis only where a tag starts. Inside a tag, parentheses are part of it, so
   `ganyu (genshin impact)` is one tag whether or not its parentheses are escaped.
 - `(:3)` is the tag `:3` with emphasis: a weight needs text before its colon (and `(:1.2)` is an error).
-- Unbalanced brackets and empty groups are errors, not guesses.
+- A kaomoji (a tag of symbols only) keeps its brackets: `;)`, `>:(`.
+- Other unbalanced brackets and empty groups are errors, not guesses.
 """
 
 from __future__ import annotations
@@ -108,6 +109,8 @@ def parse(text: str) -> tuple[list[Piece], bool]:
         elif c in ")]" and literal and _CLOSE[literal[-1]] == c:
             buf.append(c)
             literal.pop()
+        elif c in ")]" and not stack and not blank and not any(ch.isalnum() for ch in buf):
+            buf.append(c)  # a kaomoji, ;) or >:)
         elif c in ")]":
             if not stack or _CLOSE[stack[-1].bracket] != c:
                 raise UsageError(f"tags: unbalanced {c!r} {where(i)}")

@@ -48,6 +48,12 @@ def test_parse_one_piece(text, tag, wrapped):
     assert piece.text == tag and piece.wrapped() == wrapped
 
 
+def test_kaomoji_keep_their_brackets():
+    pieces, webui = parse(";), >:), >:(, ;(, (;\\):1.1), ^_^")
+    assert [p.wrapped() for p in pieces] == [";)", ">:)", ">:(", ";(", "(;):1.1)", "^_^"]
+    assert parse(";)")[1] is False
+
+
 def test_a_group_over_several_tags_weights_each():
     pieces, _ = parse("(red hair, blue eyes:1.2), a BREAK b")
     assert [p.wrapped() for p in pieces] == ["(red hair:1.2)", "(blue eyes:1.2)", "a", "BREAK", "b"]
