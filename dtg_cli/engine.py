@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import codecs
 import logging
+import os
 import secrets
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from collections import deque
 from typing import Any, Callable, Iterable, Iterator
@@ -245,10 +246,31 @@ class IterSource(Source):
 
 # --- the generator ----------------------------------------------------------------------------------
 
-KV_BUDGET = 1 << 30  # bytes of KV cache the default --parallel may fill
-CPU_PARALLEL = 64  # sequences per decode on a CPU; throughput gains flatten past this on small models
+CPU_PARALLEL = 128  # sequences per decode on a CPU; throughput gains flatten past this on small models
 GPU_PARALLEL = 255  # with layers offloaded to a GPU (llama.cpp's limit is 256 sequences, one is spare)
 UBATCH = 512  # tokens per llama.cpp micro-batch (Context's n_ubatch)
+MIN_HEAD = 8  # tokens: a shorter shared prompt head is decoded with the rest of each prompt
+
+
+def kv_budget() -> int:
+    """Bytes of KV cache the default --parallel may fill: an eighth of the machine's memory, between
+    512 MiB and 4 GiB (1 GiB where the memory size cannot be read)."""
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return 1 << 30
+    return max(512 << 20, min(4 << 30, total // 8))
+
+
+def _chunks(n: int) -> list[int]:
+    """How `n` prompt tokens of one sequence are decoded: pieces of at most UBATCH tokens, none of one token
+    unless `n` is 1. The cut depends on `n` alone."""
+    sizes = []
+    while n > UBATCH:
+        take = UBATCH - 1 if n == UBATCH + 1 else UBATCH
+        sizes.append(take)
+        n -= take
+    return sizes + [n]
 
 
 @dataclass
@@ -262,6 +284,7 @@ class _Prepared:
     seeds: tuple[int, ...]
     prompt: str
     input_ids: list[int]
+    head: int  # leading input_ids shared by every prompt of the request (see `Generator.prepare`)
     general: list[str]
     layout: Layout  # what the user wrote, to write the result back in
     banned: Callable[[str], bool]
@@ -281,7 +304,7 @@ class _Sequence:
         self.slot = slot
         self.seed = prepared.seeds[variant]
         self.sampler = Sampler(prepared.sampling, self.seed, prepared.bias)
-        self.pending = list(prepared.input_ids)  # prompt tokens not decoded yet
+        self.pending = list(prepared.input_ids)  # a prompt to decode before the next token (`Generator._prefill`)
         self.n_past = 0
         self.output_ids: list[int] = []  # of the first pass; continuations are kept apart
         self.pass_ids = self.output_ids
@@ -331,6 +354,8 @@ class Generator:
         self.stop_ids = {i for i in (self.tokenizer.token_id(t) for t in self.format.stop) if i is not None}
         self.defaults = FAMILY_SAMPLING[self.format.family]
         self.context = None
+        self._head: tuple[int, ...] | None = None  # the prompt head held by the context's last sequence
+        self._heads: dict[Request, list[int]] = {}  # `_head_of`, by conditions
         self.warn_unknown = True  # False: only count them in `unknown_tags`
         self.unknown_tags: dict[str, int] = {}
         self._last_ban: tuple[tuple[str, ...] | None, np.ndarray | None] = (None, None)
@@ -383,22 +408,24 @@ class Generator:
         return min(self.model.n_ctx_train, max(512, -(-need // 256) * 256))
 
     def default_parallel(self, n_ctx_seq: int) -> int:
-        """Sequences per decode when the caller does not say: 64 on a CPU (255 with layers on a GPU), fewer
-        when their KV cache would pass 1 GiB."""
+        """Sequences per decode when the caller does not say: 128 on a CPU (254 with layers on a GPU), fewer
+        when their KV cache would pass `kv_budget()`."""
         cap = GPU_PARALLEL if self.model.offloads else CPU_PARALLEL
-        by_memory = KV_BUDGET // (self.model.kv_bytes_per_token * n_ctx_seq)
+        by_memory = kv_budget() // (self.model.kv_bytes_per_token * n_ctx_seq)
         return max(1, min(cap, by_memory, self.model.max_sequences() - 1))
 
     def _context(self, parallel: int, n_ctx_seq: int):
-        """A context for `parallel` sequences; a batched one has one more, for `_step`'s padding token."""
+        """A context for `parallel` sequences and one more, the last, which holds the prompt head that
+        `_prefill` copies into a slot."""
         from dtg_cli import llama
 
-        n_seq = parallel + 1 if parallel > 1 else 1
+        n_seq = parallel + 1
         c = self.context
         if c is None or c.n_seq_max != n_seq or c.n_ctx != n_ctx_seq:
             if c is not None:
                 c.close()
                 self.context = None
+            self._head = None
             self.context = llama.Context(
                 self.model, n_ctx=n_ctx_seq * n_seq, n_batch=max(512, 2 * n_seq), n_seq_max=n_seq, n_threads=self.threads
             )
@@ -441,14 +468,32 @@ class Generator:
         need, limit = len(input_ids) + sampling.max_new_tokens, self.model.n_ctx_train
         if need > limit:
             raise UsageError(f"the prompt and --max-new-tokens need {need} tokens; {self.name} takes at most {limit}")
+        head = self._head_of(request)
+        if input_ids[: len(head)] != head or len(input_ids) - len(head) < 2:
+            head = []
         minimum, maximum = self.format.tag_count_range(request.length)
         return _Prepared(
             task=task, index=index, request=request, sampling=sampling, seeds=seeds, prompt=prompt,
-            input_ids=input_ids, general=general,
+            input_ids=input_ids, head=len(head), general=general,
             layout=reading.layout,
             banned=banned, bias=self._ban_mask(request.ban, banned), minimum=minimum, maximum=maximum,
             conditions=self.format.conditions(request),
         )  # fmt: skip
+
+    def _head_of(self, request: Request) -> list[int]:
+        """The tokens every prompt of these conditions starts with, whatever its tags: decoded once and
+        copied to each sequence whose prompt starts with them (a prompt that tokenizes differently at the
+        seam decodes whole). Empty when shorter than MIN_HEAD."""
+        key = replace(request, tags=(), ban=(), num=1, sampling=Sampling())
+        if self._heads.get(key) is None:
+            probes = [self.tokenizer.encode(self.format.build(key, tags)) for tags in ([], ["1girl"], ["solo"])]
+            n = 0
+            while all(n < len(p) and p[n] == probes[0][n] for p in probes):
+                n += 1
+            if len(self._heads) > 64:
+                self._heads.clear()
+            self._heads[key] = probes[0][:n] if n >= MIN_HEAD else []
+        return self._heads[key]
 
     def generate(self, request: Request, stream: Stream | None = None, parallel: int | None = None) -> Iterator[Result]:
         """Yield `request.num` results, one per seed (seed, seed + 1, ...), decoded up to `parallel` at a
@@ -533,50 +578,94 @@ class Generator:
                         break
 
     def _start(self, context, prepared: _Prepared, variant: int, slot: int, stream: Stream | None) -> _Sequence:
-        context.clear(slot)
         sequence = _Sequence(prepared, variant, slot, self.tokenizer)
         if stream:
             stream.start(sequence.unit, prepared.layout)
         return sequence
 
-    def _step(self, context, slots: list[_Sequence | None], stream: Stream | None) -> list[_Sequence]:
-        """One decode: prompt tokens when some sequence has any left, else a token for every generating
-        sequence. Returns the sequences that finished.
+    def _prefill(self, context, s: _Sequence) -> np.ndarray:
+        """Decode a sequence's pending prompt into its slot, alone; the logits after it. The prompt's head
+        (`Generator.prepare`) is copied from the context's last sequence, which decodes it first when it
+        holds another one."""
+        ids, s.pending = s.pending, []
+        head = s.p.head
+        if head and (ids[:head] != s.p.input_ids[:head] or len(ids) - head < 2):
+            head = 0
+        if head:
+            holder, key = context.n_seq_max - 1, tuple(ids[:head])
+            if self._head != key:
+                self._head = None
+                context.clear(holder)
+                self._decode_alone(context, holder, ids[:head], 0)
+                self._head = key
+            context.copy(holder, s.slot)  # llama.cpp copies the data at the start of the next decode
+        else:
+            context.clear(s.slot)
+        logits = self._decode_alone(context, s.slot, ids[head:], head)
+        s.n_past = len(ids)
+        return logits
 
-        With several sequences, llama.cpp (non-unified KV) cuts a batch into micro-batches that hold as many
-        tokens of each sequence, and it computes a micro-batch of one token with single-row kernels that
-        round differently from its batched ones. So that a result never depends on what was decoded beside
-        it, a batched run never lets that happen: prompt rows in one decode have the same length, and a
-        decode of one token gets a throwaway token in a spare sequence (a one-sequence run keeps the
-        faster single-row path)."""
-        rows, members = [], []
+    @staticmethod
+    def _decode_alone(context, seq: int, tokens: list[int], pos: int) -> np.ndarray:
+        """Decode prompt tokens of one sequence with nothing beside them, cut by `_chunks`; the logits after
+        the last one."""
+        logits = None
+        for size in _chunks(len(tokens)):
+            chunk, tokens = tokens[:size], tokens[size:]
+            logits = context.decode_many([(seq, chunk, pos, not tokens)])[0]
+            pos += size
+        return logits
+
+    def _step(self, context, slots: list[_Sequence | None], stream: Stream | None) -> list[_Sequence]:
+        """Decode what the slots need next: the prompt of every sequence that has one pending, one sequence
+        at a time; else one token for every generating sequence, in one decode. Returns the sequences that
+        finished.
+
+        A result must not depend on what is decoded beside it, but llama.cpp's CPU kernels cut their work by
+        a decode's whole shape, and the pieces round differently: attention over prompts is split by the
+        query rows of all sequences together, and a micro-batch of one row uses single-row matrix kernels.
+        A micro-batch also holds only sequences with consecutive ids (non-unified KV cache). So a prompt is
+        always decoded alone and cut the same way (`_chunks`); generating sequences are kept in the lowest
+        slots, moved down when one before them finishes; and in a batched run a lone one gets a throwaway
+        token beside it, in the next free slot (a one-sequence run keeps the faster single-row path)."""
+        finished = []
         prompting = [s for s in slots if s is not None and s.pending]
         if prompting:
-            size = min(min(len(s.pending) for s in prompting), UBATCH)
-            for s in prompting[: max(1, UBATCH // size)]:
-                chunk, s.pending = s.pending[:size], s.pending[size:]
-                rows.append((s.slot, chunk, s.n_past, not s.pending))
-                members.append(s)
-        else:
-            for s in slots:
-                if s is not None:
-                    rows.append((s.slot, [s.pass_ids[-1]], s.n_past, True))
-                    members.append(s)
-        if len(rows) == 1 and len(rows[0][1]) == 1 and context.n_seq_max > len(slots):
-            pad = context.n_seq_max - 1
-            context.clear(pad)
-            rows.append((pad, [rows[0][1][0]], 0, False))
-        all_logits = context.decode_many(rows)
-        finished = []
-        for s, (_, tokens, _, _), logits in zip(members, rows, all_logits):
-            s.n_past += len(tokens)
-            if logits is None:
-                continue
-            if s.prompt_s is None:
-                s.prompt_s = time.perf_counter() - s.started
+            for s in prompting:
+                logits = self._prefill(context, s)
+                if s.prompt_s is None:
+                    s.prompt_s = time.perf_counter() - s.started
+                if self._advance(context, s, logits, stream):
+                    finished.append(s)
+            return finished
+        self._compact(context, slots)
+        members = [s for s in slots if s is not None]
+        rows = [(s.slot, [s.pass_ids[-1]], s.n_past, True) for s in members]
+        if len(rows) == 1 and len(slots) > 1:
+            context.clear(1)
+            rows.append((1, rows[0][1], 0, False))
+        for s, logits in zip(members, context.decode_many(rows)):
+            s.n_past += 1
             if self._advance(context, s, logits, stream):
                 finished.append(s)
         return finished
+
+    @staticmethod
+    def _compact(context, slots: list[_Sequence | None]) -> None:
+        """Move the sequences of the highest slots into free lower ones, so that slots 0..k-1 are the busy
+        ones (llama.cpp copies the KV data at the start of the next decode)."""
+        top = len(slots) - 1
+        for free in range(len(slots)):
+            if slots[free] is not None:
+                continue
+            while top > free and slots[top] is None:
+                top -= 1
+            if top <= free:
+                return
+            s, slots[top] = slots[top], None
+            context.copy(top, free)
+            context.clear(top)
+            s.slot, slots[free] = free, s
 
     def _advance(self, context, s: _Sequence, logits: np.ndarray, stream: Stream | None) -> bool:
         """Sample the next token of a sequence; True when the sequence is finished."""
@@ -610,8 +699,7 @@ class Generator:
                 s.pass_ids = []
                 s.continuations.append({"prompt": more_prompt, "input_ids": more_ids, "output_ids": s.pass_ids})
                 s.feed = self.tokenizer.tag_decoder()
-                context.clear(s.slot)
-                s.pending, s.n_past = list(more_ids), 0
+                s.pending = list(more_ids)
                 return False
         return True
 

@@ -183,6 +183,11 @@ class Context:
         """Forget everything of one sequence."""
         self._lib.llama_memory_seq_rm(self._memory, seq, -1, -1)
 
+    def copy(self, src: int, dst: int) -> None:
+        """Make sequence `dst` a copy of sequence `src` (its whole KV stream; llama.cpp copies the data at
+        the start of the next decode)."""
+        self._lib.llama_memory_seq_cp(self._memory, src, dst, -1, -1)
+
     def decode_many(self, rows: list[tuple[int, list[int], int, bool]]) -> list[np.ndarray | None]:
         """One llama_decode over several sequences. Each row is (sequence, tokens, position of the first
         token, whether to return the logits after its last token). Returns, per row, those logits as a view
