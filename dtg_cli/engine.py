@@ -408,7 +408,7 @@ class Generator:
         return min(self.model.n_ctx_train, max(512, -(-need // 256) * 256))
 
     def default_parallel(self, n_ctx_seq: int) -> int:
-        """Sequences per decode when the caller does not say: 128 on a CPU (254 with layers on a GPU), fewer
+        """Sequences per decode when the caller does not say: 128 on a CPU (255 with layers on a GPU), fewer
         when their KV cache would pass `kv_budget()`."""
         cap = GPU_PARALLEL if self.model.offloads else CPU_PARALLEL
         by_memory = kv_budget() // (self.model.kv_bytes_per_token * n_ctx_seq)
@@ -643,7 +643,7 @@ class Generator:
         rows = [(s.slot, [s.pass_ids[-1]], s.n_past, True) for s in members]
         if len(rows) == 1 and len(slots) > 1:
             context.clear(1)
-            rows.append((1, rows[0][1], 0, False))
+            rows.append((1, rows[0][1], 0, True))  # its logits too: the output layer also sees two rows
         for s, logits in zip(members, context.decode_many(rows)):
             s.n_past += 1
             if self._advance(context, s, logits, stream):

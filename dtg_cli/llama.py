@@ -148,9 +148,9 @@ class Model:
 class Context:
     """An inference context (KV cache) on a loaded model, for one sequence or for several decoded together.
 
-    Each sequence has its own KV stream of n_ctx / n_seq_max cells (llama.cpp's non-unified cache): a
-    sequence then attends only to its own cells, and its logits do not depend on which other sequences
-    share the batch, so batched results equal one-at-a-time results (bit for bit with Q8_0 on a CPU).
+    Each sequence has its own KV stream of n_ctx / n_seq_max cells (llama.cpp's non-unified cache), so a
+    sequence attends only to its own cells. Its logits can still depend on the shape of the decode it is
+    in (see `dtg_cli.engine.Generator._step` for how the engine keeps that shape fixed).
     """
 
     def __init__(self, model: Model, n_ctx: int = 1024, n_batch: int = 512, n_seq_max: int = 1, n_threads: int | None = None):
