@@ -284,7 +284,7 @@ class _Prepared:
     seeds: tuple[int, ...]
     prompt: str
     input_ids: list[int]
-    head: int  # leading input_ids shared by every prompt of the request (see `Generator.prepare`)
+    head: list[int]  # the tokens every prompt of the request's conditions starts with (`Generator._head_of`)
     general: list[str]
     layout: Layout  # what the user wrote, to write the result back in
     banned: Callable[[str], bool]
@@ -468,13 +468,10 @@ class Generator:
         need, limit = len(input_ids) + sampling.max_new_tokens, self.model.n_ctx_train
         if need > limit:
             raise UsageError(f"the prompt and --max-new-tokens need {need} tokens; {self.name} takes at most {limit}")
-        head = self._head_of(request)
-        if input_ids[: len(head)] != head or len(input_ids) - len(head) < 2:
-            head = []
         minimum, maximum = self.format.tag_count_range(request.length)
         return _Prepared(
             task=task, index=index, request=request, sampling=sampling, seeds=seeds, prompt=prompt,
-            input_ids=input_ids, head=len(head), general=general,
+            input_ids=input_ids, head=self._head_of(request), general=general,
             layout=reading.layout,
             banned=banned, bias=self._ban_mask(request.ban, banned), minimum=minimum, maximum=maximum,
             conditions=self.format.conditions(request),
@@ -584,24 +581,25 @@ class Generator:
         return sequence
 
     def _prefill(self, context, s: _Sequence) -> np.ndarray:
-        """Decode a sequence's pending prompt into its slot, alone; the logits after it. The prompt's head
-        (`Generator.prepare`) is copied from the context's last sequence, which decodes it first when it
-        holds another one."""
+        """Decode a sequence's pending prompt into its slot, alone; the logits after it. When the prompt
+        starts with its conditions' head (`Generator._head_of`) and has at least two tokens after it (no
+        prompt ends in a one-token decode), the head is copied from the context's last sequence, which
+        decodes it first when it holds another one."""
         ids, s.pending = s.pending, []
         head = s.p.head
-        if head and (ids[:head] != s.p.input_ids[:head] or len(ids) - head < 2):
-            head = 0
+        if ids[: len(head)] != head or len(ids) - len(head) < 2:
+            head = []
         if head:
-            holder, key = context.n_seq_max - 1, tuple(ids[:head])
+            holder, key = context.n_seq_max - 1, tuple(head)
             if self._head != key:
                 self._head = None
                 context.clear(holder)
-                self._decode_alone(context, holder, ids[:head], 0)
+                self._decode_alone(context, holder, head, 0)
                 self._head = key
             context.copy(holder, s.slot)  # llama.cpp copies the data at the start of the next decode
         else:
             context.clear(s.slot)
-        logits = self._decode_alone(context, s.slot, ids[head:], head)
+        logits = self._decode_alone(context, s.slot, ids[len(head) :], len(head))
         s.n_past = len(ids)
         return logits
 
