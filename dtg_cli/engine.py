@@ -304,7 +304,8 @@ class _Sequence:
         self.slot = slot
         self.seed = prepared.seeds[variant]
         self.sampler = Sampler(prepared.sampling, self.seed, prepared.bias)
-        self.pending = list(prepared.input_ids)  # a prompt to decode before the next token (`Generator._prefill`)
+        self.pending = list(prepared.input_ids)  # prompt tokens to decode before the next sampled one
+        self.fresh = True  # its slot holds nothing of it yet (`Generator._attach_head`)
         self.n_past = 0
         self.output_ids: list[int] = []  # of the first pass; continuations are kept apart
         self.pass_ids = self.output_ids
@@ -416,7 +417,7 @@ class Generator:
 
     def _context(self, parallel: int, n_ctx_seq: int):
         """A context for `parallel` sequences and one more, the last, which holds the prompt head that
-        `_prefill` copies into a slot."""
+        `_attach_head` copies into a slot."""
         from dtg_cli import llama
 
         n_seq = parallel + 1
@@ -580,14 +581,13 @@ class Generator:
             stream.start(sequence.unit, prepared.layout)
         return sequence
 
-    def _prefill(self, context, s: _Sequence) -> np.ndarray:
-        """Decode a sequence's pending prompt into its slot, alone; the logits after it. When the prompt
-        starts with its conditions' head (`Generator._head_of`) and has at least two tokens after it (no
-        prompt ends in a one-token decode), the head is copied from the context's last sequence, which
-        decodes it first when it holds another one."""
-        ids, s.pending = s.pending, []
-        head = s.p.head
-        if ids[: len(head)] != head or len(ids) - len(head) < 2:
+    def _attach_head(self, context, s: _Sequence, rest: int) -> None:
+        """Start a fresh sequence's slot: when its pending prompt starts with its conditions' head
+        (`Generator._head_of`) and has at least `rest` tokens after it, copy the head from the context's last
+        sequence, which decodes it first when it holds another one; else clear the slot. The pending prompt is
+        then what follows the head."""
+        ids, head = s.pending, s.p.head
+        if ids[: len(head)] != head or len(ids) - len(head) < rest:
             head = []
         if head:
             holder, key = context.n_seq_max - 1, tuple(head)
@@ -599,9 +599,7 @@ class Generator:
             context.copy(holder, s.slot)  # llama.cpp copies the data at the start of the next decode
         else:
             context.clear(s.slot)
-        logits = self._decode_alone(context, s.slot, ids[len(head) :], len(head))
-        s.n_past = len(ids)
-        return logits
+        s.pending, s.n_past, s.fresh = ids[len(head) :], len(head), False
 
     @staticmethod
     def _decode_alone(context, seq: int, tokens: list[int], pos: int) -> np.ndarray:
@@ -615,43 +613,68 @@ class Generator:
         return logits
 
     def _step(self, context, slots: list[_Sequence | None], stream: Stream | None) -> list[_Sequence]:
-        """Decode what the slots need next: the prompt of every sequence that has one pending, one sequence
-        at a time; else one token for every generating sequence, in one decode. Returns the sequences that
-        finished.
+        """Decode one token for every sequence in the slots, in one decode: the next token of its prompt, or
+        the token it sampled last. Returns the sequences that finished.
 
         A result must not depend on what is decoded beside it, but llama.cpp's CPU kernels cut their work by
-        a decode's whole shape, and the pieces round differently: attention over prompts is split by the
-        query rows of all sequences together, and a micro-batch of one row uses single-row matrix kernels.
-        A micro-batch also holds only sequences with consecutive ids (non-unified KV cache). So a prompt is
-        always decoded alone and cut the same way (`_chunks`); generating sequences are kept in the lowest
-        slots, moved down when one before them finishes; and in a batched run a lone one gets a throwaway
-        token beside it, in the next free slot (a one-sequence run keeps the faster single-row path)."""
-        finished = []
-        prompting = [s for s in slots if s is not None and s.pending]
-        if prompting:
-            for s in prompting:
-                logits = self._prefill(context, s)
-                if s.prompt_s is None:
-                    s.prompt_s = time.perf_counter() - s.started
-                if self._advance(context, s, logits, stream):
-                    finished.append(s)
-            return finished
+        a decode's whole shape, and the pieces round differently: attention over several tokens of a
+        sequence is split by the query rows of all sequences together, and a matrix product of one row uses
+        single-row kernels. A micro-batch also holds only sequences with consecutive ids (non-unified KV
+        cache). So every decode has one token per sequence, prompts included (after their shared head, which
+        is decoded alone); busy sequences are kept in the lowest slots, moved down when one before them
+        finishes; a lone one gets a throwaway token beside it, in the next free slot; and when only one row
+        needs logits, a second one asks for them too. A one-slot run keeps the faster path of a single
+        sequence (`_step_one`)."""
+        if len(slots) == 1:
+            return self._step_one(context, slots[0], stream)
         self._compact(context, slots)
         members = [s for s in slots if s is not None]
-        rows = [(s.slot, [s.pass_ids[-1]], s.n_past, True) for s in members]
-        if len(rows) == 1 and len(slots) > 1:
+        rows = []
+        for s in members:
+            if s.fresh:
+                self._attach_head(context, s, rest=1)
+            if s.pending:
+                token = s.pending.pop(0)
+                rows.append((s.slot, [token], s.n_past, not s.pending))
+            else:
+                rows.append((s.slot, [s.pass_ids[-1]], s.n_past, True))
+        wanted = [want for *_, want in rows]
+        if len(rows) == 1:
             context.clear(1)
-            rows.append((1, rows[0][1], 0, True))  # its logits too: the output layer also sees two rows
-        for s, logits in zip(members, context.decode_many(rows)):
+            rows.append((1, rows[0][1], 0, wanted[0]))  # logits for both rows, or for neither
+        elif wanted.count(True) == 1:
+            i = wanted.index(False)
+            rows[i] = (*rows[i][:3], True)
+        finished = []
+        for s, want, logits in zip(members, wanted, context.decode_many(rows)):
             s.n_past += 1
+            if not want:
+                continue
+            if s.prompt_s is None:
+                s.prompt_s = time.perf_counter() - s.started
             if self._advance(context, s, logits, stream):
                 finished.append(s)
         return finished
 
+    def _step_one(self, context, s: _Sequence, stream: Stream | None) -> list[_Sequence]:
+        """The step of a one-slot run: a pending prompt decoded whole (after its head), else one token."""
+        if s.fresh:
+            self._attach_head(context, s, rest=2)  # no prompt ends in a decode of one token
+        if s.pending:
+            ids, s.pending = s.pending, []
+            logits = self._decode_alone(context, s.slot, ids, s.n_past)
+            s.n_past += len(ids)
+            if s.prompt_s is None:
+                s.prompt_s = time.perf_counter() - s.started
+        else:
+            logits = context.decode_many([(s.slot, [s.pass_ids[-1]], s.n_past, True)])[0]
+            s.n_past += 1
+        return [s] if self._advance(context, s, logits, stream) else []
+
     @staticmethod
     def _compact(context, slots: list[_Sequence | None]) -> None:
         """Move the sequences of the highest slots into free lower ones, so that slots 0..k-1 are the busy
-        ones (llama.cpp copies the KV data at the start of the next decode)."""
+        ones (llama.cpp copies the KV data at the start of the next decode; a fresh sequence has none)."""
         top = len(slots) - 1
         for free in range(len(slots)):
             if slots[free] is not None:
@@ -661,8 +684,9 @@ class Generator:
             if top <= free:
                 return
             s, slots[top] = slots[top], None
-            context.copy(top, free)
-            context.clear(top)
+            if not s.fresh:
+                context.copy(top, free)
+                context.clear(top)
             s.slot, slots[free] = free, s
 
     def _advance(self, context, s: _Sequence, logits: np.ndarray, stream: Stream | None) -> bool:
@@ -697,7 +721,7 @@ class Generator:
                 s.pass_ids = []
                 s.continuations.append({"prompt": more_prompt, "input_ids": more_ids, "output_ids": s.pass_ids})
                 s.feed = self.tokenizer.tag_decoder()
-                s.pending = list(more_ids)
+                s.pending, s.fresh = list(more_ids), True
                 return False
         return True
 
