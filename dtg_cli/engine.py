@@ -594,7 +594,7 @@ class Generator:
             if self._head != key:
                 self._head = None
                 context.clear(holder)
-                self._decode_alone(context, holder, head, 0)
+                self._decode_alone(context, holder, head, 0, logits=False)
                 self._head = key
             context.copy(holder, s.slot)  # llama.cpp copies the data at the start of the next decode
         else:
@@ -602,15 +602,15 @@ class Generator:
         s.pending, s.n_past, s.fresh = ids[len(head) :], len(head), False
 
     @staticmethod
-    def _decode_alone(context, seq: int, tokens: list[int], pos: int) -> np.ndarray:
+    def _decode_alone(context, seq: int, tokens: list[int], pos: int, logits: bool = True) -> np.ndarray | None:
         """Decode prompt tokens of one sequence with nothing beside them, cut by `_chunks`; the logits after
-        the last one."""
-        logits = None
+        the last one, if asked for."""
+        out = None
         for size in _chunks(len(tokens)):
             chunk, tokens = tokens[:size], tokens[size:]
-            logits = context.decode_many([(seq, chunk, pos, not tokens)])[0]
+            out = context.decode_many([(seq, chunk, pos, logits and not tokens)])[0]
             pos += size
-        return logits
+        return out
 
     def _step(self, context, slots: list[_Sequence | None], stream: Stream | None) -> list[_Sequence]:
         """Decode one token for every sequence in the slots, in one decode: the next token of its prompt, or
