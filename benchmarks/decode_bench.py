@@ -1,13 +1,15 @@
 """Measure how fast llama.cpp decodes on this machine, and the most records/s `dtg batch` could reach.
 
-    python -m benchmarks.decode_bench [--workdir DIR] [--models dart-moe,dantaggen] [--sequences 8,32,128]
-                                      [--steps 12] [--threads N]
+    python -m benchmarks.decode_bench [--workdir DIR] [--models dart-moe,dantaggen] [--sequences 8,32,64]
+                                      [--steps 8] [--records 256] [--threads N]
 
 On the full-size random-weight Q8_0 models of `benchmarks.batch_bench` (built there if missing), it times
-decodes of the shape `dtg batch` uses: one token for each of N sequences, every row asking for logits
-(a generation step) or none (prompt tokens beside them). From the best rates and the benchmark's own
-prompts (their tokens after the shared head, from `dtg`'s tokenizer) and new tokens per record, it
-prints the ceiling: the records/s of a run that did nothing but those decodes at those rates.
+decodes of the shape `dtg batch` uses: one token for each of N sequences (the --sequences below dtg's
+default, and the default), every row asking for logits (a generation step) or none (prompt tokens
+beside them), with each sequence's cache as full as a benchmark record's halfway through its new tokens
+and as many cells as dtg gives it. From the best rates, the benchmark's own prompts (their tokens after
+the shared head, from dtg's tokenizer) and its new tokens per record, it prints the ceiling: the
+records/s of a run that did nothing but those decodes at those rates.
 """
 
 from __future__ import annotations
