@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import logging
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -11,86 +9,14 @@ from pathlib import Path
 
 import numpy as np
 
+from convert.config import ModelConfig
 from convert.safetensors import SafetensorsCheckpoint
 from convert.vocab import SentencePieceVocab, WordLevelVocab, load_vocab
 from dtg_cli.errors import CheckpointError
 
-log = logging.getLogger("dtg")
-
-SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "MixtralForCausalLM")
 
 # One tensor-progress callback: (gguf tensor name, index starting at 1, total).
 TensorProgress = Callable[[str, int, int], None]
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    architecture: str
-    vocab_size: int
-    hidden_size: int
-    intermediate_size: int
-    n_layers: int
-    n_heads: int
-    n_kv_heads: int
-    head_dim: int
-    context_length: int
-    rope_theta: float
-    rms_eps: float
-    activation: str
-    tie_embeddings: bool
-    n_experts: int = 0
-    n_experts_used: int = 0
-
-    @classmethod
-    def from_dir(cls, directory: Path) -> ModelConfig:
-        path = directory / "config.json"
-        if not path.is_file():
-            raise CheckpointError(f"{directory}: no config.json; is this a Hugging Face checkpoint directory?")
-        try:
-            cfg = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise CheckpointError(f"{path}: unreadable ({e})") from e
-        if not isinstance(cfg, dict):
-            raise CheckpointError(f"{path}: not a model configuration")
-        architectures = cfg.get("architectures") or []
-        arch = architectures[0] if architectures else None
-        if arch not in SUPPORTED_ARCHITECTURES:
-            raise CheckpointError(
-                f"{directory}: unsupported architecture {arch or '(none given)'}; "
-                f"supported: {', '.join(SUPPORTED_ARCHITECTURES)}"
-            )
-        if cfg.get("rope_scaling"):
-            raise CheckpointError(f"{path}: rope_scaling is not supported")
-        try:
-            n_heads = int(cfg["num_attention_heads"])
-            hidden = int(cfg["hidden_size"])
-            config = cls(
-                architecture=arch,
-                vocab_size=int(cfg["vocab_size"]),
-                hidden_size=hidden,
-                intermediate_size=int(cfg["intermediate_size"]),
-                n_layers=int(cfg["num_hidden_layers"]),
-                n_heads=n_heads,
-                n_kv_heads=int(cfg.get("num_key_value_heads") or n_heads),
-                head_dim=int(cfg.get("head_dim") or hidden // n_heads),
-                context_length=int(cfg.get("max_position_embeddings", 2048)),
-                rope_theta=float(cfg.get("rope_theta", 10000.0)),
-                rms_eps=float(cfg.get("rms_norm_eps", 1e-6)),
-                activation=str(cfg.get("hidden_act", "silu")),
-                tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
-                n_experts=int(cfg.get("num_local_experts") or 0),
-                n_experts_used=int(cfg.get("num_experts_per_tok") or 0),
-            )
-        except (KeyError, TypeError, ValueError) as e:
-            raise CheckpointError(f"{path}: missing or invalid field {e}") from e
-        if arch == "MixtralForCausalLM" and not config.n_experts:
-            raise CheckpointError(f"{path}: a Mixtral config needs num_local_experts")
-        window = cfg.get("sliding_window")
-        if window and window < config.context_length:
-            log.warning(
-                "the checkpoint uses a %d-token sliding window; llama.cpp attends to the whole context", window
-            )
-        return config
 
 
 @dataclass
@@ -125,9 +51,9 @@ def plan_tensors(config: ModelConfig, ckpt: SafetensorsCheckpoint) -> list[Plann
         if m := _EXPERT.match(hf_name):
             experts.setdefault((int(m[1]), m[3]), {})[int(m[2])] = hf_name
             continue
-        base, suffix = (hf_name[: -len(".weight")], ".weight") if hf_name.endswith(".weight") else (hf_name, "")
+        base, _, suffix = hf_name.rpartition(".")
         gguf_base = name_map.get_name(base)
-        if gguf_base is None or suffix != ".weight":
+        if gguf_base is None or suffix not in ("weight", "bias") or (suffix == "bias" and not _bias_expected(config, base)):
             raise CheckpointError(f"{ckpt.directory}: unexpected tensor {hf_name!r} for {config.architecture}")
         shape = ckpt.shape(hf_name)
         heads = 0
@@ -136,7 +62,7 @@ def plan_tensors(config: ModelConfig, ckpt: SafetensorsCheckpoint) -> list[Plann
         elif base.endswith("self_attn.k_proj"):
             heads = config.n_kv_heads
         keep_f32 = len(shape) == 1 or gguf_base.endswith("ffn_gate_inp")
-        planned[gguf_base + ".weight"] = PlannedTensor(gguf_base + ".weight", [hf_name], shape, keep_f32, heads)
+        planned[f"{gguf_base}.{suffix}"] = PlannedTensor(f"{gguf_base}.{suffix}", [hf_name], shape, keep_f32, heads)
 
     for (layer, which), by_expert in sorted(experts.items()):
         if sorted(by_expert) != list(range(config.n_experts)):
@@ -151,6 +77,13 @@ def plan_tensors(config: ModelConfig, ckpt: SafetensorsCheckpoint) -> list[Plann
 
     _check_complete(config, planned, ckpt.directory)
     return sorted(planned.values(), key=_tensor_order)
+
+
+def _bias_expected(config: ModelConfig, base: str) -> bool:
+    """Whether config.json's attention_bias / mlp_bias give `base` (an HF module name) a bias."""
+    if base.endswith(("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj")):
+        return config.attention_bias
+    return config.mlp_bias and base.endswith(("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"))
 
 
 def _tensor_order(t: PlannedTensor):
@@ -168,6 +101,11 @@ def _check_complete(config: ModelConfig, planned: dict[str, PlannedTensor], dire
     for i in range(config.n_layers):
         for part in ["attn_norm", "attn_q", "attn_k", "attn_v", "attn_output", "ffn_norm", *ffn]:
             required[f"blk.{i}.{part}.weight"] = None
+        # A bias that config.json announces must be there: a missing one would silently be zero.
+        if config.attention_bias:
+            required.update({f"blk.{i}.{p}.bias": None for p in ("attn_q", "attn_k", "attn_v", "attn_output")})
+        if config.mlp_bias:
+            required.update({f"blk.{i}.{p}.bias": None for p in ("ffn_gate", "ffn_up", "ffn_down")})
     missing = [name for name in required if name not in planned]
     if missing:
         shown = ", ".join(missing[:4]) + (f" and {len(missing) - 4} more" if len(missing) > 4 else "")
@@ -225,12 +163,6 @@ def write_gguf_f16(
     vocab = load_vocab(directory, config.vocab_size)
     ckpt = SafetensorsCheckpoint(directory)
     plan = plan_tensors(config, ckpt)
-    if config.activation != "silu":
-        log.warning(
-            "config.json says hidden_act=%s but llama.cpp computes SiLU: the GGUF will compute a slightly "
-            "different function than the checkpoint (dtg convert --verify measures how much)",
-            config.activation,
-        )
 
     writer = gguf.GGUFWriter(out_path, "llama")
     try:
@@ -272,6 +204,12 @@ def _write_metadata(writer, config: ModelConfig, source: SourceInfo) -> None:
     writer.add_rope_freq_base(config.rope_theta)
     writer.add_layer_norm_rms_eps(config.rms_eps)
     writer.add_rope_dimension_count(config.head_dim)
+    if config.head_dim != config.hidden_size // config.n_heads:
+        writer.add_key_length(config.head_dim)
+        writer.add_value_length(config.head_dim)
+    if config.rope_linear_factor is not None:
+        writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        writer.add_rope_scaling_factor(config.rope_linear_factor)
     writer.add_vocab_size(config.vocab_size)
     if config.n_experts:
         writer.add_expert_count(config.n_experts)
