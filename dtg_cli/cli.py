@@ -195,8 +195,11 @@ def _verify(src: str, paths: list[Path], revision: str | None, threads: int | No
 
     directory = Path(src) if Path(src).is_dir() else download_checkpoint(src, revision) if looks_like_repo_id(src) else Path(src)
     err.print("verifying against transformers…")
-    for result in verify(directory, paths, threads=threads):
-        err.print(result.line(), soft_wrap=True)
+    results = verify(directory, paths, threads=threads)
+    for result in results:
+        err.print(result.line(), soft_wrap=True, highlight=False)
+    if failed := [r.path.name for r in results if not r.passed]:
+        raise DtgError(f"{', '.join(failed)}: the GGUF computes a different function than the checkpoint (see above)")
 
 
 # --- generate ---------------------------------------------------------------------------------------

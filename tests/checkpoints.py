@@ -255,3 +255,86 @@ def build_checkpoint(directory: Path, spec: Spec, seed: int = 0, shards: int = 1
     if license:
         (directory / "README.md").write_text(f"---\nlicense: {license}\n---\n# random-weight test checkpoint\n")
     return directory
+
+
+# --- checkpoints saved by the installed transformers (what users re-save today: transformers 5 writes
+# `rope_parameters` and a LLaMA tokenizer as tokenizer.json only) --------------------------------------
+
+
+def transformers_config(spec: Spec, **overrides):
+    """The transformers config object of `spec`, built by transformers itself."""
+    import transformers
+
+    cls = {
+        "LlamaForCausalLM": transformers.LlamaConfig,
+        "MistralForCausalLM": transformers.MistralConfig,
+        "MixtralForCausalLM": transformers.MixtralConfig,
+    }[spec.architecture]
+    kwargs = dict(
+        vocab_size=spec.vocab,
+        hidden_size=spec.hidden,
+        intermediate_size=spec.intermediate,
+        num_hidden_layers=spec.layers,
+        num_attention_heads=spec.heads,
+        num_key_value_heads=spec.kv_heads,
+        max_position_embeddings=spec.context,
+        rms_norm_eps=spec.rms_eps,
+        hidden_act=spec.hidden_act,
+        tie_word_embeddings=False,
+        bos_token_id=0 if spec.family == "dart" else 1,
+        eos_token_id=1 if spec.family == "dart" else 2,
+        rope_parameters={"rope_type": "default", "rope_theta": spec.rope_theta},
+    )
+    if spec.architecture != "LlamaForCausalLM":
+        kwargs["sliding_window"] = None
+    if spec.experts:
+        kwargs.update(num_local_experts=spec.experts, num_experts_per_tok=spec.experts_used)
+    kwargs.update(overrides)
+    config = cls(**kwargs)
+    config.architectures = [spec.architecture]
+    return config
+
+
+def save_with_transformers(directory: Path, spec: Spec, seed: int = 0, legacy: bool | None = True, **overrides) -> Path:
+    """A checkpoint written by `save_pretrained` of the installed transformers, with this module's random
+    weights (the same values as `build_checkpoint` for the same seed where the tensors are the same).
+
+    legacy: True for the 2024 llama-2-derived repos (a "legacy": true tokenizer_config.json, which
+    transformers 5 reads but does not write back); False or None leave transformers' own spacing.
+    """
+    import torch
+    import transformers
+
+    directory = Path(directory)
+    config = transformers_config(spec, **overrides)
+    model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    names = list(tensor_shapes(spec))
+    state = {}
+    for name, param in model.state_dict().items():
+        shape = tuple(param.shape)
+        index = names.index(name) if name in names else len(names) + sorted(model.state_dict()).index(name)
+        rng = np.random.default_rng([seed, index])
+        value = random_tensor(name, shape, rng)
+        if name.endswith(".bias"):
+            value = 0.3 * rng.standard_normal(shape).astype(np.float32)  # biases big enough to matter
+        state[name] = torch.from_numpy(value)
+    model.load_state_dict(state)
+    model.to({"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32}[spec.dtype])
+    model.save_pretrained(directory)
+
+    scratch = directory / ".tokenizer-source"
+    scratch.mkdir()
+    if spec.family == "dart":
+        write_dart_tokenizer(scratch)
+        tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_file=str(scratch / "tokenizer.json"))
+    else:
+        write_dantaggen_tokenizer(scratch)
+        tokenizer = transformers.AutoTokenizer.from_pretrained(str(scratch), legacy=bool(legacy))
+    tokenizer.save_pretrained(str(directory))
+    shutil.rmtree(scratch)
+    if spec.family != "dart" and legacy is not None:
+        path = directory / "tokenizer_config.json"
+        config_json = json.loads(path.read_text())
+        config_json["legacy"] = legacy
+        path.write_text(json.dumps(config_json, indent=2))
+    return directory

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.checkpoints import TINY, build_checkpoint
+from tests.checkpoints import TINY, build_checkpoint, save_with_transformers
 
 
 def pytest_configure(config):
@@ -50,6 +50,28 @@ def ggufs(checkpoints, tmp_path_factory) -> dict[str, dict[str, Path]]:
     out = tmp_path_factory.mktemp("gguf")
     result = {}
     for kind, directory in checkpoints.items():
+        paths = convert(directory, out, ["f16", "q8_0", "q6_k"])
+        result[kind] = dict(zip(["f16", "q8_0", "q6_k"], paths))
+    return result
+
+
+@pytest.fixture(scope="session")
+def saved_checkpoints(tmp_path_factory) -> dict[str, Path]:
+    """The same architectures written by the installed transformers' save_pretrained (transformers 5:
+    rope_parameters, and DanTagGen's tokenizer as tokenizer.json only, with "legacy": true as in the 2024 repos)."""
+    pytest.importorskip("torch", reason="save_pretrained needs torch: pip install torch==2.13.0")
+    root = tmp_path_factory.mktemp("saved")
+    return {kind: save_with_transformers(root / kind, spec, seed=1) for kind, spec in TINY.items()}
+
+
+@pytest.fixture(scope="session")
+def saved_ggufs(saved_checkpoints, tmp_path_factory) -> dict[str, dict[str, Path]]:
+    """Each transformers-saved checkpoint converted to F16, Q8_0 and Q6_K: {kind: {quant: path}}."""
+    from convert import convert
+
+    out = tmp_path_factory.mktemp("saved-gguf")
+    result = {}
+    for kind, directory in saved_checkpoints.items():
         paths = convert(directory, out, ["f16", "q8_0", "q6_k"])
         result[kind] = dict(zip(["f16", "q8_0", "q6_k"], paths))
     return result

@@ -95,6 +95,26 @@ def test_unreadable_tokenizer(checkpoint_copy, tmp_path, kind, name, content):
     assert no_gguf(tmp_path / "out")
 
 
+@pytest.mark.parametrize(
+    "kind, name, edit, fragment",
+    [
+        ("dart-moe", "config.json", lambda text: "{not json", "not a readable JSON file"),
+        ("dart-moe", "config.json", lambda text: text.replace('"rope_theta": 1000.0', '"rope_theta": "fast"'), 'rope_theta must be a number, got "fast"'),
+        ("dart-dense", "config.json", lambda text: text.replace('"rope_theta": 1000.0', '"rope_scaling": {"type": "su", "factor": 2}'), "rope_scaling.type 'su' is not supported"),
+        ("dantaggen", "config.json", lambda text: text.replace('"rope_scaling": null', '"rope_scaling": {"rope_type": "warp"}'), "rope_scaling.rope_type 'warp'"),
+        ("dart-moe", "tokenizer.json", lambda text: '{"model": 5}', "found model 5; dtg needs a WordLevel tokenizer"),
+        ("dart-moe", "tokenizer.json", lambda text: '{"model": {"type": "Unigram", "vocab": []}}', "found a Unigram model"),
+    ],
+)
+def test_bad_config_or_tokenizer_is_one_line_and_leaves_no_gguf(checkpoint_copy, tmp_path, kind, name, edit, fragment):
+    directory = checkpoint_copy(kind)
+    (directory / name).write_text(edit((directory / name).read_text()))
+    result = run("convert", directory, "--out", tmp_path / "out")
+    assert_one_line_error(result, fragment)
+    assert result.exit_code == 1
+    assert no_gguf(tmp_path / "out") and not [p for p in (tmp_path / "out").iterdir() if p.name.endswith(".partial")]
+
+
 def test_truncated_safetensors(checkpoint_copy, tmp_path):
     directory = checkpoint_copy("dart-moe")
     weights = directory / "model.safetensors"

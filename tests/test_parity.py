@@ -17,25 +17,39 @@ MAX_MEAN_KL = {"f16": 1e-4, "q8_0": 0.01, "q6_k": 0.1}
 
 
 @pytest.fixture(scope="module")
-def parity(checkpoints, ggufs):
+def parity(checkpoints, ggufs, saved_checkpoints, saved_ggufs):
+    """{(form, kind, quant): Parity}: form "v4" is config.json as the 2024 repos have it, written by hand;
+    "v5" is what the installed transformers' save_pretrained writes."""
     from convert.verify import verify
 
     results = {}
-    for kind in TINY:
-        for quant, result in zip(ggufs[kind], verify(checkpoints[kind], list(ggufs[kind].values()))):
-            results[kind, quant] = result
+    for form, directories, files in (("v4", checkpoints, ggufs), ("v5", saved_checkpoints, saved_ggufs)):
+        for kind in TINY:
+            for quant, result in zip(files[kind], verify(directories[kind], list(files[kind].values()))):
+                results[form, kind, quant] = result
     return results
 
 
 @pytest.mark.parametrize("quant", ["f16", "q8_0", "q6_k"])
 @pytest.mark.parametrize("kind", sorted(TINY))
-def test_logits_match_transformers(parity, kind, quant):
-    result = parity[kind, quant]
+@pytest.mark.parametrize("form", ["v4", "v5"])
+def test_logits_match_transformers(parity, form, kind, quant):
+    result = parity[form, kind, quant]
     assert 55 <= result.positions <= 75
     assert result.mean_kl <= MAX_MEAN_KL[quant], result.line()
+    assert result.passed, result.line()
     if quant == "f16":
         assert result.top1_agreement == 1.0, result.line()
         assert result.max_abs_logit_diff < 0.1, result.line()
+
+
+def test_the_saved_checkpoints_are_in_the_transformers_5_form(saved_checkpoints):
+    import json
+
+    for kind, directory in saved_checkpoints.items():
+        config = json.loads((directory / "config.json").read_text())
+        assert "rope_theta" not in config and config["rope_parameters"]["rope_theta"] == TINY[kind].rope_theta
+    assert not (saved_checkpoints["dantaggen"] / "tokenizer.model").exists()
 
 
 def test_fixture_distributions_are_peaked(checkpoints):
@@ -150,3 +164,44 @@ def test_quantized_models_load_and_decode_in_a_fresh_process(ggufs):
     done = subprocess.run([sys.executable, "-c", code, *paths], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "ok"
+
+
+@pytest.mark.parametrize(
+    "kind, overrides",
+    [
+        ("dantaggen", {"rope_parameters": {"rope_type": "linear", "factor": 2.0, "rope_theta": 10000.0}}),
+        ("dart-moe", {"rope_parameters": {"rope_type": "linear", "factor": 4.0, "rope_theta": 1000.0}}),
+        ("dantaggen", {"tie_word_embeddings": True}),
+        ("dantaggen", {"head_dim": 32}),
+        ("dart-dense", {"head_dim": 128}),
+        ("dantaggen", {"attention_bias": True, "mlp_bias": True}),
+    ],
+)
+def test_settings_that_change_the_forward_pass_convert_with_parity(tmp_path, kind, overrides):
+    from convert import convert
+    from convert.verify import verify
+    from tests.checkpoints import save_with_transformers
+
+    directory = save_with_transformers(tmp_path / "ckpt", TINY[kind], seed=2, **overrides)
+    (result,) = verify(directory, convert(directory, tmp_path / "out", "f16"))
+    # Every position within rounding (a near tie may still swap the top token, so top-1 is not asserted).
+    assert result.mean_kl <= MAX_MEAN_KL["f16"] and result.max_abs_logit_diff < 0.1, result.line()
+
+
+def test_verify_fails_a_wrong_conversion_with_a_nonzero_exit(saved_checkpoints, tmp_path, monkeypatch):
+    """`dtg convert --verify` on a converter that drops the rope base, as the one before rope_parameters did."""
+    import convert.config
+    from dtg_cli.cli import app
+    from typer.testing import CliRunner
+
+    original = convert.config._rope
+    monkeypatch.setattr(convert.config, "_rope", lambda *args: (10000.0, original(*args)[1]))
+    done = CliRunner().invoke(app, ["convert", str(saved_checkpoints["dart-moe"]), "-o", str(tmp_path), "-q", "f16", "--verify"])
+    assert done.exit_code == 1, done.output
+    assert "FAILED" in done.output and "computes a different function" in done.output
+    assert (tmp_path / "dart-moe-F16.gguf").is_file()
+
+    monkeypatch.setattr(convert.config, "_rope", original)
+    done = CliRunner().invoke(app, ["convert", str(saved_checkpoints["dart-moe"]), "-o", str(tmp_path), "-q", "f16", "--verify", "--force"])
+    assert done.exit_code == 0, done.output
+    assert "FAILED" not in done.output and ": ok" in done.output
