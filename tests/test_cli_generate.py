@@ -159,7 +159,8 @@ def test_models_pull_list_info_rm(checkpoints, ggufs, dtg_home):
     assert pulled.stdout.splitlines() == [str(dtg_home / "models" / "dart-v2-sft-Q6_K.gguf"), str(dtg_home / "models" / "dart-v2-sft-F16.gguf")]
     listing = run("models", "list")
     row = next(line for line in listing.stdout.splitlines() if line.startswith("dart-v2-sft "))
-    assert "F16, Q6_K" in row and "114M" in row
+    assert "F16, Q6_K" in row and "114M" in row and "see model card" in row
+    assert "apache-2.0" in next(line for line in listing.stdout.splitlines() if line.startswith("dart-v2-moe-sft "))
     info = run("models", "info", "dart-v2-sft", "-q", "q6_k")
     assert "quant: Q6_K" in info.stdout and "layers: 2" in info.stdout and "vocabulary: 30649" in info.stdout
     removed = run("models", "rm", "dart-v2-sft", "--quant", "q6_k")
