@@ -198,6 +198,8 @@ def _verify(src: str, paths: list[Path], revision: str | None, threads: int | No
     results = verify(directory, paths, threads=threads)
     for result in results:
         err.print(result.line(), soft_wrap=True, highlight=False)
+    if not any(r.judged for r in results):
+        err.print("only an F16 file gets a pass or fail verdict: add f16 to --quant for one", highlight=False)
     if failed := [r.path.name for r in results if not r.passed]:
         raise DtgError(f"{', '.join(failed)}: the GGUF computes a different function than the checkpoint (see above)")
 
