@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterable, Iterator
 import numpy as np
 
 from dtg_cli.errors import DtgError, ModelFileError, UsageError
-from dtg_cli.prompts import FLAGS, FORMATS
+from dtg_cli.prompts import FLAGS, FORMATS, Prompt
 from dtg_cli.settings import FAMILY_SAMPLING, Request, Sampling
 from dtg_cli.tags import Layout, Reading, Style, compile_bans, read, render
 
@@ -31,18 +31,61 @@ MAX_RETRIES = 3  # DanTagGen continuations when a result is shorter than its len
 # --- tokenizers -------------------------------------------------------------------------------------
 
 
-class WordTokenizer:
+class _Tokenizer:
+    """What both kinds of vocabulary share: a `Prompt` becomes ids with only its format's control tokens as
+    control tokens; every other piece of it is tokenized as text (`_text_ids`)."""
+
+    def __init__(self):
+        self._control_ids: dict[str, int] = {}
+
+    def encode(self, text: str) -> list[int]:
+        """Ids of a `Prompt`, or of any text with its special tokens read as such."""
+        if not isinstance(text, Prompt):
+            return self._special_text_ids(text)
+        ids = self._start_ids()
+        for part, control in text.parts:
+            ids += [self.control_id(part)] if control else self._text_ids(part)
+        return ids
+
+    def control_id(self, text: str) -> int:
+        """The id of a control token such as `<|input_end|>`, which the model's vocabulary must have."""
+        if text not in self._control_ids:
+            idx = self.token_id(text)
+            if idx is None:
+                raise ModelFileError(f"the model's vocabulary has no {text} token, which its prompt format needs (--prompt-format)")
+            self._control_ids[text] = idx
+        return self._control_ids[text]
+
+    def token_id(self, text: str) -> int | None:
+        raise NotImplementedError
+
+    def _start_ids(self) -> list[int]:
+        return []
+
+    def _text_ids(self, text: str) -> list[int]:
+        raise NotImplementedError
+
+    def _special_text_ids(self, text: str) -> list[int]:
+        raise NotImplementedError
+
+
+class WordTokenizer(_Tokenizer):
     """Dart v2's word-level vocabulary (one token per tag), read from the GGUF's tokenizer.json."""
 
     def __init__(self, json_text: str):
         from dtg_cli.tokenizer import WordLevelTokenizer
 
+        super().__init__()
         self.inner = WordLevelTokenizer.from_json(json_text)
         special = self.inner.special_ids
         self.tag_of = {i: t for i, t in self.inner.id_to_token.items() if i not in special}
         self.vocabulary = frozenset(self.tag_of.values())
 
-    def encode(self, text: str) -> list[int]:
+    def _text_ids(self, text: str) -> list[int]:
+        # A piece that spells a special token is an unknown tag (<|unk|>).
+        return self.inner.encode(text, parse_special=False)
+
+    def _special_text_ids(self, text: str) -> list[int]:
         return self.inner.encode(text)
 
     def token_id(self, text: str) -> int | None:
@@ -56,16 +99,26 @@ class WordTokenizer:
         return feed
 
 
-class PieceTokenizer:
+class PieceTokenizer(_Tokenizer):
     """A SentencePiece model tokenized by llama.cpp (DanTagGen); the model writes comma-separated text."""
 
     vocabulary = None
     tag_of = None
 
     def __init__(self, model):
+        super().__init__()
         self.model = model
 
-    def encode(self, text: str) -> list[int]:
+    # Each run of a prompt's text is tokenized on its own. llama.cpp's tokenization of the whole prompt
+    # string does the same between control tokens (a "▁" starts the text after each), so a prompt whose user
+    # text spells no control token gets exactly the ids of the whole string, as the author's runtime sends it.
+    def _start_ids(self) -> list[int]:
+        return self.model.tokenize("", add_special=True, parse_special=False)  # BOS
+
+    def _text_ids(self, text: str) -> list[int]:
+        return self.model.tokenize(text, add_special=False, parse_special=False)
+
+    def _special_text_ids(self, text: str) -> list[int]:
         return self.model.tokenize(text, add_special=True, parse_special=True)
 
     def token_id(self, text: str) -> int | None:
@@ -460,8 +513,11 @@ class Generator:
                 raise ValueError(f"{len(task.seeds)} seeds for {request.num} results")
             seeds = tuple(task.seeds)
         else:
-            base = sampling.seed if sampling.seed is not None else secrets.randbits(32)
-            seeds = tuple((base + v) % 2**32 for v in range(request.num))
+            # A random base leaves room for every result's seed below 2**32.
+            base = sampling.seed if sampling.seed is not None else secrets.randbelow(2**32 - request.num + 1)
+            if base + request.num > 2**32:
+                raise UsageError(f"--seed {base} with --num {request.num} runs past the largest seed, 4294967295")
+            seeds = tuple(base + v for v in range(request.num))
         banned = compile_bans(request.ban)
         general = list(request.tags)
         prompt = self.format.build(request, general)

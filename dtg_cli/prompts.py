@@ -24,6 +24,36 @@ FLAGS = {
 }
 
 
+class Control(str):
+    """A control token that a prompt format writes, such as `<|bos|>` or `<|input_end|>`."""
+
+
+class Prompt(str):
+    """A prompt's text that remembers which of its pieces are the format's control tokens.
+
+    Only those become control tokens. Everything else, the user's tags and conditions included, is
+    tokenized as text, so that a tag such as `<|rating:explicit|>` or `</s>` can never act as one.
+    `parts` holds (text, is_control) with adjacent text joined, the way a tokenizer that splits on control
+    tokens first would see it.
+    """
+
+    parts: tuple[tuple[str, bool], ...]
+
+    def __new__(cls, *pieces: str) -> Prompt:
+        parts: list[tuple[str, bool]] = []
+        for piece in pieces:
+            control = isinstance(piece, Control)
+            if not piece:
+                continue
+            if parts and not control and not parts[-1][1]:
+                parts[-1] = (parts[-1][0] + piece, False)
+            else:
+                parts.append((str(piece), control))
+        prompt = super().__new__(cls, "".join(text for text, _ in parts))
+        prompt.parts = tuple(parts)
+        return prompt
+
+
 def dart_aspect_bucket(ratio: float) -> str:
     """Dart v2's five aspect-ratio tokens, by width / height (thresholds from the training code)."""
     if ratio <= 1 / 2:
@@ -55,19 +85,19 @@ class DartV2:
         # The base models were pretrained on alphabetically sorted lists, and continue one.
         return general if self.sft else sorted(general)
 
-    def build(self, request: Request, general: list[str]) -> str:
+    def build(self, request: Request, general: list[str]) -> Prompt:
         ratio = request.aspect_ratio if request.aspect_ratio is not None else DEFAULT_ASPECT_RATIO
-        text = (
-            f"<|bos|><copyright>{', '.join(request.copyright)}</copyright>"
-            f"<character>{', '.join(request.character)}</character>"
-            f"<|rating:{request.rating or DEFAULT_RATING}|>"
-            f"<|aspect_ratio:{dart_aspect_bucket(ratio)}|>"
-            f"<|length:{request.length or DEFAULT_LENGTH}|>"
-            f"<general>{', '.join(self.general_order(general))}"
-        )
+        pieces = [
+            Control("<|bos|>"), Control("<copyright>"), ", ".join(request.copyright), Control("</copyright>"),
+            Control("<character>"), ", ".join(request.character), Control("</character>"),
+            Control(f"<|rating:{request.rating or DEFAULT_RATING}|>"),
+            Control(f"<|aspect_ratio:{dart_aspect_bucket(ratio)}|>"),
+            Control(f"<|length:{request.length or DEFAULT_LENGTH}|>"),
+            Control("<general>"), ", ".join(self.general_order(general)),
+        ]  # fmt: skip
         if self.sft:
-            text += f"<|identity:{request.identity or DEFAULT_IDENTITY}|><|input_end|>"
-        return text
+            pieces += [Control(f"<|identity:{request.identity or DEFAULT_IDENTITY}|>"), Control("<|input_end|>")]
+        return Prompt(*pieces)
 
     def conditions(self, request: Request) -> dict:
         """The conditions as the prompt states them, defaults included."""
@@ -121,26 +151,26 @@ class DanTagGen:
         """People counts (1girl, no humans, ...) first, as in training; otherwise the given order."""
         return [t for t in general if is_special(t)] + [t for t in general if not is_special(t)]
 
-    def build(self, request: Request, general: list[str]) -> str:
+    def build(self, request: Request, general: list[str]) -> Prompt:
         def field(tags: tuple[str, ...]) -> str:
-            return ", ".join(tags) or "<|empty|>"
+            return ", ".join(tags) or Control("<|empty|>")
 
         ordered = self.general_order(general)
         special = [t for t in ordered if is_special(t)]
         rest = ordered[len(special) :]
         ratio = request.aspect_ratio if request.aspect_ratio is not None else DEFAULT_ASPECT_RATIO
-        lines = [f"quality: {field(request.quality)}"] if self.quality_line else []
-        lines += [
-            f"rating: {DANTAGGEN_RATINGS[request.rating or DEFAULT_RATING]}",
-            f"artist: {field(request.artist)}",
-            f"characters: {field(request.character)}",
-            f"copyrights: {field(request.copyright)}",
-            f"aspect ratio: {ratio:.1f}",
-            f"target: <|{DANTAGGEN_TARGETS[request.length or DEFAULT_LENGTH]}|>",
+        pieces = ["quality: ", field(request.quality), "\n"] if self.quality_line else []
+        pieces += [
+            f"rating: {DANTAGGEN_RATINGS[request.rating or DEFAULT_RATING]}\n",
+            "artist: ", field(request.artist), "\n",
+            "characters: ", field(request.character), "\n",
+            "copyrights: ", field(request.copyright), "\n",
+            f"aspect ratio: {ratio:.1f}\n",
+            "target: ", Control(f"<|{DANTAGGEN_TARGETS[request.length or DEFAULT_LENGTH]}|>"), "\n",
             # Written exactly as the author's runner writes it: the ", " stays even with no people count.
-            f"general: {', '.join(special)}, {', '.join(rest)}<|input_end|>",
-        ]
-        return "\n".join(lines)
+            f"general: {', '.join(special)}, {', '.join(rest)}", Control("<|input_end|>"),
+        ]  # fmt: skip
+        return Prompt(*pieces)
 
     def conditions(self, request: Request) -> dict:
         """The conditions as the prompt states them, defaults included (`length` is the requested one)."""

@@ -186,15 +186,18 @@ class WordLevelTokenizer:
             pieces = [p for p in out if p]
         return pieces
 
-    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+    def encode(self, text: str, add_special_tokens: bool = False, parse_special: bool = True) -> list[int]:
+        """The ids of `text`. With parse_special=False, text that spells a special token is not one: it is
+        looked up like any other piece, and a piece whose id is a special token's becomes the unknown token."""
         ids: list[int] = []
-        for part in self._split_added(text, self._raw_matcher):
+        raw, normalized = (self._raw_matcher, self._normalized_matcher) if parse_special else (None, None)
+        for part in self._split_added(text, raw):
             if isinstance(part, AddedToken):
                 ids.append(part.id)
                 continue
             for normalizer in self._normalizers:
                 part = normalizer(part)
-            for sub in self._split_added(part, self._normalized_matcher):
+            for sub in self._split_added(part, normalized):
                 if isinstance(sub, AddedToken):
                     ids.append(sub.id)
                     continue
@@ -202,6 +205,8 @@ class WordLevelTokenizer:
                     idx = self.vocab.get(piece, self.unk_id)
                     if idx is None:
                         raise ModelFileError(f"{piece!r} is not in the vocabulary and the tokenizer has no unknown token")
+                    if not parse_special and idx in self.special_ids:
+                        idx = self.unk_id
                     ids.append(idx)
         if add_special_tokens and self._template is not None:
             ids = [i for item in self._template for i in (ids if item is None else [item])]
