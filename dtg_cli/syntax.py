@@ -17,6 +17,7 @@ groups (`[a:b:0.5]`, `[a|b]`), which are kept as they are. Rules:
 
 from __future__ import annotations
 
+import bisect
 import re
 from dataclasses import dataclass, replace
 
@@ -26,6 +27,11 @@ _NETWORK = re.compile(r"<[A-Za-z][\w-]*:[^<>]*>")
 _SEPARATOR = re.compile(r"\b(BREAK|AND)\b")
 _WEIGHT = re.compile(r"^(.*?)\s*:\s*([+-]?(?:\d+\.?\d*|\.\d+))\s*$", re.DOTALL)
 _CLOSE = {"(": ")", "[": "]"}
+
+# What one prompt may hold. Every context dtg runs takes at most 2048 tokens, about 10,000 characters of
+# tags; the bounds keep a pasted file or a runaway generator from costing more than a moment to read.
+MAX_PROMPT_CHARS = 65536
+MAX_NESTING = 32  # the web UI's emphasis stacks ((( ))) a few deep
 
 
 @dataclass(frozen=True)
@@ -61,17 +67,32 @@ class _Group:
 
 def parse(text: str) -> tuple[list[Piece], bool]:
     """The pieces of a prompt, and whether it used any web-UI syntax (emphasis, escapes, networks, BREAK).
-    Raises UsageError for unbalanced brackets and empty groups."""
+    Raises UsageError for unbalanced brackets, empty groups and text past MAX_PROMPT_CHARS or MAX_NESTING.
+    Time is linear in the length of the text."""
+    if len(text) > MAX_PROMPT_CHARS:
+        raise UsageError(f"tags: {len(text)} characters; one prompt holds at most {MAX_PROMPT_CHARS}")
+    editing_marks = [m.start() for m in re.finditer(r"[:|]", text)]  # where prompt editing could be
     pieces: list[Piece] = []
     stack: list[_Group] = []
     buf: list[str] = []
     literal: list[str] = []  # brackets opened inside the current tag, part of it
+    # Whether `buf` holds anything but white space, and any letter or digit: kept as characters arrive, so
+    # that each character costs the same however long the tag (a rescan per character was quadratic).
+    seen = {"text": False, "alnum": False}
     webui = False
+
+    def put(c: str) -> None:
+        buf.append(c)
+        if not seen["text"] and not c.isspace():
+            seen["text"] = True
+        if not seen["alnum"] and c.isalnum():
+            seen["alnum"] = True
 
     def flush(content: str | None = None) -> None:
         content = "".join(buf) if content is None else content
         buf.clear()
         literal.clear()
+        seen["text"] = seen["alnum"] = False
         parts = _SEPARATOR.split(content)
         for i, part in enumerate(parts):
             if i % 2:
@@ -85,9 +106,9 @@ def parse(text: str) -> tuple[list[Piece], bool]:
     i, n = 0, len(text)
     while i < n:
         c = text[i]
-        blank = not "".join(buf).strip()
+        blank = not seen["text"]
         if c == "\\" and i + 1 < n and text[i + 1] in "()[]\\":
-            buf.append(text[i + 1])
+            put(text[i + 1])
             webui = True
             i += 2
             continue
@@ -100,25 +121,28 @@ def parse(text: str) -> tuple[list[Piece], bool]:
             i = m.end()
             continue
         elif c in "([" and not blank:
-            buf.append(c)
+            put(c)
             literal.append(c)
         elif c in "([":
             flush()
+            if len(stack) == MAX_NESTING:
+                raise UsageError(f"tags: brackets nested more than {MAX_NESTING} deep {where(i)}")
             stack.append(_Group(c, len(pieces), i))
             webui = True
         elif c in ")]" and literal and _CLOSE[literal[-1]] == c:
-            buf.append(c)
+            put(c)
             literal.pop()
-        elif c in ")]" and not stack and not blank and not any(ch.isalnum() for ch in buf):
-            buf.append(c)  # a kaomoji, ;) or >:)
+        elif c in ")]" and not stack and not blank and not seen["alnum"]:
+            put(c)  # a kaomoji, ;) or >:)
         elif c in ")]":
             if not stack or _CLOSE[stack[-1].bracket] != c:
                 raise UsageError(f"tags: unbalanced {c!r} {where(i)}")
             group = stack.pop()
             content, weight = "".join(buf), None
-            if c == "]" and re.search(r"[:|]", text[group.at + 1 : i]):
+            mark = bisect.bisect_right(editing_marks, group.at)
+            if c == "]" and mark < len(editing_marks) and editing_marks[mark] < i:
                 del pieces[group.first :]  # prompt editing, [from:to:when] or [a|b]: kept as written
-                buf.clear()
+                flush("")
                 pieces.append(Piece("literal", text[group.at : i + 1]))
                 i += 1
                 continue
@@ -134,7 +158,7 @@ def parse(text: str) -> tuple[list[Piece], bool]:
             emphasis = Emphasis(group.bracket, weight)
             pieces[group.first :] = [replace(p, emphasis=(emphasis, *p.emphasis)) if p.kind == "tag" else p for p in inside]
         else:
-            buf.append(c)
+            put(c)
         i += 1
     flush()
     if stack:
