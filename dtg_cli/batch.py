@@ -11,10 +11,11 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import re
 import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
@@ -221,7 +222,9 @@ class InputFile:
             except json.JSONDecodeError as e:
                 yield BadRecord(index, number, self._where(number), f"not valid JSON: {e.msg} (column {e.colno})")
             else:
-                if isinstance(value, dict):
+                if _holds_a_lone_surrogate(value):
+                    yield BadRecord(index, number, self._where(number), "a string holds a lone surrogate escape such as \\ud800, which is not text")
+                elif isinstance(value, dict):
                     yield Record(index, number, value)
                 else:
                     yield BadRecord(index, number, self._where(number), f"a record must be a JSON object, not {type(value).__name__}")
@@ -265,13 +268,20 @@ class InputFile:
         table = self._toml_parse(start, head)
         extra = set(table) - {"defaults"}
         if extra:
-            raise BatchInputError(self.name, f"unknown table or key {', '.join(sorted(extra))}: a batch file has a [defaults] table and [[prompt]] tables")
+            line = start + next((i for i, raw in enumerate(head) if raw.strip() and not raw.strip().startswith(b"#")), 0)
+            raise BatchInputError(self._where(line), f"unknown table or key {', '.join(sorted(extra))}: a batch file has a [defaults] table and [[prompt]] tables")
         defaults = table.get("defaults", {})
+        where = self._where(start + next((i for i, raw in enumerate(head) if raw.strip().startswith(b"[defaults")), 0))
         if not isinstance(defaults, dict):
-            raise BatchInputError(self.name, "defaults must be a table: [defaults]")
+            raise BatchInputError(where, "defaults must be a table: [defaults]")
         unknown = set(defaults) - DEFAULT_FIELDS
         if unknown:
-            raise BatchInputError(self.name, f"[defaults]: {_unknown_fields(unknown, DEFAULT_FIELDS)}")
+            raise BatchInputError(where, f"[defaults]: {_unknown_fields(unknown, DEFAULT_FIELDS)}")
+        try:
+            # The same checks as a record's fields; a bad value is reported here, not on every record.
+            build_task(Record(0, 0, {k: v for k, v in defaults.items() if k != "seed"}), {}, {}, 0)
+        except UsageError as e:
+            raise BatchInputError(where, f"[defaults] {e}") from None
         return defaults
 
     def _toml(self) -> Iterator[Record | BadRecord]:
@@ -282,10 +292,27 @@ class InputFile:
                 yield BadRecord(index, start, e.where, e.message)
                 continue
             if set(table) != {"prompt"}:
-                where = ", ".join(sorted(set(table) - {"prompt"}))
-                yield BadRecord(index, start, self._where(start), f"{where} after a [[prompt]] table: [defaults] must come first")
+                names = sorted(set(table) - {"prompt"})
+                header = re.compile(rb"^\s*\[\[?\s*(" + b"|".join(re.escape(n.encode()) for n in names) + rb")\b")
+                line = start + next((i for i, raw in enumerate(chunk) if header.match(raw)), 0)
+                yield BadRecord(index, start, self._where(line), f"{', '.join(names)} after a [[prompt]] table: [defaults] must come first")
                 continue
             yield Record(index, start, table["prompt"][0])
+
+
+def _holds_a_lone_surrogate(value: Any) -> bool:
+    """JSON can escape half of a UTF-16 pair ("\\ud800"); such a string cannot be written as UTF-8."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return True
+        return False
+    if isinstance(value, dict):
+        return any(_holds_a_lone_surrogate(k) or _holds_a_lone_surrogate(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_holds_a_lone_surrogate(v) for v in value)
+    return False
 
 
 def count_records(path: str, kind: str) -> int:
@@ -320,6 +347,7 @@ class RecordKey:
     """What the engine hands back with each result of a record."""
 
     record_id: Any
+    index: int  # the record's place in the input, from 0, bad records included (what --shard counts)
     line: int
     first_variant: int  # > 0 when a resumed run finishes a record whose first results were written
 
@@ -345,9 +373,16 @@ def _check_types(fields: dict) -> None:
             raise UsageError(f"id: {value!r} must be a non-empty string or an integer")
 
 
+_QUOTED = re.compile(r"""('(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*")""")
+
+
 def _field_names(message: str) -> str:
-    """A settings message speaks of flags (--max-new-tokens); in a record they are fields (max_new_tokens)."""
-    return re.sub(r"--([a-z][a-z-]*)", lambda m: m[1].replace("-", "_"), message)
+    """A settings message speaks of flags (--max-new-tokens); in a record they are fields (max_new_tokens).
+    Quoted values are the user's text and stay as they are."""
+    pieces = _QUOTED.split(message)
+    for i in range(0, len(pieces), 2):  # the even pieces are outside quotes
+        pieces[i] = re.sub(r"--([a-z][a-z-]*)", lambda m: m[1].replace("-", "_"), pieces[i])
+    return "".join(pieces)
 
 
 def build_task(record: Record, options: dict, file_defaults: dict, base_seed: int) -> Task:
@@ -377,10 +412,15 @@ def build_task(record: Record, options: dict, file_defaults: dict, base_seed: in
     if seed is not None:
         if not 0 <= seed < 2**32:
             raise UsageError(f"seed: {seed} must be between 0 and 2**32 - 1")
-        seeds = tuple((seed + v) % 2**32 for v in range(num))
+        if seed + num > 2**32:
+            raise UsageError(f"seed: {seed} with num {num} runs past the largest seed, 4294967295")
+        seeds = tuple(seed + v for v in range(num))
     else:
         seeds = tuple(derive_seed(base_seed, record_id, v) for v in range(num))
-    return Task(request, seeds, key=RecordKey(record_id, record.line, 0))
+    return Task(request, seeds, key=RecordKey(record_id, record.index, record.line, 0))
+
+
+_RESUME_HINT = "--resume continues only a run of the same command on the same input (--force starts again)"
 
 
 def _from_variant(task: Task, first: int) -> Task:
@@ -395,7 +435,8 @@ def _from_variant(task: Task, first: int) -> Task:
 @dataclass
 class ResumePoint:
     results: int  # complete result lines in the output
-    last: tuple[int, int] | None  # (line, variant) of the last JSONL record
+    last: dict | None  # the last JSONL record, which the run checks against what it would write there
+    model: str | None = None  # the model every JSONL record names
 
 
 def output_format(path: str | None, given: str | None) -> str:
@@ -414,8 +455,24 @@ def output_format(path: str | None, given: str | None) -> str:
     raise UsageError(f"-o {path}: name it .jsonl or .txt, or give --format jsonl|text")
 
 
-def check_output(path: str | None, *, resume: bool, force: bool) -> None:
-    """Refuse an output that cannot be used, before any model is loaded."""
+def check_input(path: str) -> None:
+    """Refuse an input that cannot be read: files, pipes (`<(cmd)`) and devices are read; '-' is stdin."""
+    if path == "-":
+        return
+    target = Path(path)
+    if target.is_dir():
+        raise UsageError(f"{path}: is a directory, not an input file")
+    if not target.exists():
+        raise UsageError(f"{path}: no such input file")
+
+
+def _same_file(a: os.stat_result, b: os.stat_result) -> bool:
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
+def check_output(path: str | None, *, resume: bool, force: bool, input_path: str | None = None) -> None:
+    """Refuse an output that cannot be used, before any model is loaded or any file opened for writing.
+    The output is never the input, by any name (a link, another path, or stdin redirected from it)."""
     if path in (None, "-"):
         if resume:
             raise UsageError("--resume needs the output file: -o FILE")
@@ -423,6 +480,15 @@ def check_output(path: str | None, *, resume: bool, force: bool) -> None:
     target = Path(path)
     if target.is_dir():
         raise UsageError(f"-o {target}: is a directory")
+    if input_path is not None and target.exists():
+        try:
+            source = os.fstat(sys.stdin.fileno()) if input_path == "-" else os.stat(input_path)
+            same = _same_file(source, os.stat(target))
+        except (OSError, ValueError, AttributeError):  # no stdin, or an input that is checked elsewhere
+            same = False
+        if same:
+            what = "stdin comes from" if input_path == "-" else f"the input {input_path} is"
+            raise UsageError(f"-o {target}: {what} the same file; write the results to another file")
     if target.exists() and not (resume or force):
         raise UsageError(f"{target} exists: --resume continues it, --force replaces it")
     if not target.parent.is_dir():
@@ -431,44 +497,69 @@ def check_output(path: str | None, *, resume: bool, force: bool) -> None:
 
 class Output:
     """Results, one line each, written and flushed as soon as they are done, so that an interrupted run
-    leaves whole lines only. A file is replaced only with `force`, or continued with `resume`."""
+    leaves whole lines only. A file is replaced only with `force`, or continued with `resume`, and is held
+    under an exclusive lock for the whole run: a second run on the same file stops at once."""
 
-    def __init__(self, path: str | None, kind: str, *, style: Style = Style(), resume: bool = False, force: bool = False):
+    def __init__(self, path: str | None, kind: str, *, style: Style = Style(), resume: bool = False, force: bool = False,
+                 input_path: str | None = None):  # fmt: skip
         self.kind = kind
         self.style = style
         self.resume_point = ResumePoint(0, None)
-        check_output(path, resume=resume, force=force)
+        check_output(path, resume=resume, force=force, input_path=input_path)
         self.path = None if path in (None, "-") else Path(path)
         if self.path is None:
             self._file = None
             return
-        if resume and self.path.exists():
-            self.resume_point = self._recover()
         try:
-            self._file = open(self.path, "ab" if resume else "wb")  # noqa: SIM115 - closed by close()
+            self._file = open(self.path, "ab")  # noqa: SIM115 - closed by close(); truncated only once locked
         except OSError as e:
             raise UsageError(f"-o {self.path}: cannot write it ({e.strerror})") from None
+        try:
+            _lock(self._file, self.path)
+            if resume:
+                self.resume_point = self._recover()
+            else:
+                self._file.truncate(0)
+        except BaseException:
+            self._file.close()
+            raise
 
     def _recover(self) -> ResumePoint:
-        """Cut a half-written last line (a crash mid-write) and find where the earlier run stopped."""
-        results, end = 0, 0
+        """Cut a half-written last line (a crash mid-write) and find where the earlier run stopped. Every
+        line must be one this command writes: UTF-8 text, and for JSONL a record of one model, in order."""
+        results, end, last, model = 0, 0, None, None
         with open(self.path, "rb") as f:
-            for raw in f:
-                if raw.endswith(b"\n"):
-                    results += 1
-                    end += len(raw)
+            for number, raw in enumerate(f, 1):
+                if not raw.endswith(b"\n"):
+                    break
+                results += 1
+                end += len(raw)
+                if self.kind == "jsonl":
+                    last, model = self._resumable(raw, number, last, model)
+                else:
+                    try:
+                        raw.decode("utf-8")
+                    except UnicodeDecodeError:
+                        raise self._foreign(number, "not UTF-8 text") from None
         if end != self.path.stat().st_size:
-            with open(self.path, "r+b") as f:
-                f.truncate(end)
-        last = None
-        if self.kind == "jsonl" and results:
-            line = _last_line(self.path)
-            try:
-                record = json.loads(line)
-                last = (int(record["line"]), int(record["variant"]))
-            except (ValueError, KeyError, TypeError):
-                raise UsageError(f"{self.path}: the last line is not a dtg batch record, so --resume cannot tell where to go on") from None
-        return ResumePoint(results, last)
+            self._file.truncate(end)
+        return ResumePoint(results, last, model)
+
+    def _resumable(self, raw: bytes, number: int, last: dict | None, model: str | None) -> tuple[dict, str]:
+        try:
+            record = json.loads(raw)
+            key = (int(record["line"]), int(record["variant"]))
+            name = str(record["model"])
+        except (ValueError, KeyError, TypeError):
+            raise self._foreign(number, "not a dtg batch record") from None
+        if model is not None and name != model:
+            raise self._foreign(number, f"a result of {name}, after results of {model}")
+        if last is not None and key <= (last["line"], last["variant"]):
+            raise self._foreign(number, f"line {key[0]} variant {key[1]} is out of order")
+        return record, name
+
+    def _foreign(self, number: int, why: str) -> UsageError:
+        return UsageError(f"{self.path}:{number}: {why}; --resume continues only a file this command wrote (--force replaces it)")
 
     def write(self, result, key: RecordKey, variant: int) -> None:
         written = result.written(self.style)
@@ -477,11 +568,13 @@ class Output:
         else:
             record = {
                 "id": key.record_id,
+                "record": key.index,
                 "line": key.line,
                 "variant": variant,
                 "seed": result.seed,
                 "model": result.model,
                 "conditions": result.conditions,
+                "sampling": result.sampling,
                 "input_tags": written["input_tags"],
                 "new_tags": written["new_tags"],
                 "tags": written["tags"],
@@ -493,8 +586,11 @@ class Output:
             sys.stdout.write(text)
             sys.stdout.flush()
         else:
-            self._file.write(text.encode("utf-8"))
-            self._file.flush()
+            try:
+                self._file.write(text.encode("utf-8"))
+                self._file.flush()
+            except OSError as e:
+                raise DtgError(f"-o {self.path}: cannot write the results ({e.strerror})") from None
 
     def close(self) -> None:
         if self._file is not None:
@@ -507,19 +603,18 @@ class Output:
         self.close()
 
 
-def _last_line(path: Path) -> bytes:
-    """The last complete line of a file that ends with a newline, read from the end."""
-    with open(path, "rb") as f:
-        f.seek(0, 2)
-        size = f.tell()
-        block, data = 4096, b""
-        while True:
-            start = max(0, size - len(data) - block)
-            f.seek(start)
-            data = f.read(size - start)
-            cut = data.rfind(b"\n", 0, len(data) - 1)
-            if cut >= 0 or start == 0:
-                return data[cut + 1 :]
+def _lock(f, path: Path) -> None:
+    """Hold an exclusive lock on the output while the run lasts, or refuse at once."""
+    try:
+        import fcntl
+    except ImportError:  # no advisory locks on this system
+        return
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise UsageError(f"-o {path}: another dtg batch run is writing it; wait for that run to end, or write to another file") from None
+    except OSError:  # a file system without locks
+        return
 
 
 # --- the run ----------------------------------------------------------------------------------------
@@ -541,10 +636,13 @@ class _Tasks(Source):
         self.to_skip = resume.results
         self.skipped = 0  # results
         self.skipped_records = 0
+        self.resume_checked = False  # the output's last record was found in the input and matches it
 
     def get(self, block: bool):
         while True:
             item = self.records.get(block)
+            if item is END:
+                self._check_resumed_all()
             if item is END or item is NOT_READY:
                 return item
             k, n = self.shard
@@ -575,11 +673,39 @@ class _Tasks(Source):
             self.to_skip -= done
             return self._rest(task, done)
         last = self.resume.last
-        if last is None or item.line > last[0]:
+        if last is None or self.resume_checked:
             return task
+        if item.line > last["line"]:
+            raise UsageError(f"the output's last result is for line {last['line']}, which is not a record of the input; {_RESUME_HINT}")
         if isinstance(task, BadRecord):
             return None
-        return self._rest(task, task.request.num if item.line < last[0] else last[1] + 1)
+        if item.line == last["line"]:
+            self._check_resumed_record(task, last)
+            self.resume_checked = True
+        return self._rest(task, task.request.num if item.line < last["line"] else last["variant"] + 1)
+
+    def _check_resumed_record(self, task: Task, last: dict) -> None:
+        """The output's last record must be what this run writes for that record: same seed, conditions and
+        sampling settings (the model is checked before the run)."""
+        variant = last["variant"]
+        prepared = self.generator.prepare(task, note_unknown=False)
+        mine = {
+            "seed": task.seeds[variant] if variant < len(task.seeds) else None,
+            "conditions": json.loads(json.dumps(prepared.conditions)),
+            "sampling": {k: v for k, v in json.loads(json.dumps(asdict(prepared.sampling))).items() if k != "seed"},
+        }
+        for name, value in mine.items():
+            if name in last and last[name] != value:
+                raise UsageError(
+                    f"the output's result for line {last['line']} has {name} {json.dumps(last[name])}, this run gives "
+                    f"{json.dumps(value)}; {_RESUME_HINT}"
+                )
+
+    def _check_resumed_all(self) -> None:
+        if self.by_count and self.to_skip:
+            raise UsageError(f"the output has {self.resume.results} results, more than this run makes for the input; {_RESUME_HINT}")
+        if not self.by_count and self.resume.last is not None and not self.resume_checked:
+            raise UsageError(f"the output's last result is for line {self.resume.last['line']}, which is not a record of the input; {_RESUME_HINT}")
 
     def _rest(self, task: Task, done: int):
         done = min(done, task.request.num)
@@ -625,7 +751,9 @@ def expand(
             raise BatchInputError(source.name, f"[defaults] seed: {seed!r} must be an integer between 0 and 2**32 - 1")
         summary = summary or Summary()
         summary.base_seed = seed
-        with Output(output_path, kind, style=style, resume=resume, force=force) as out:
+        with Output(output_path, kind, style=style, resume=resume, force=force, input_path=input_path) as out:
+            if out.resume_point.model not in (None, generator.name):
+                raise UsageError(f"{output_path} holds results of {out.resume_point.model}, not {generator.name}; {_RESUME_HINT}")
             records = QueuedSource(source.records()) if input_path == "-" else IterSource(source.records())
             tasks = _Tasks(records, generator=generator, options=options or {}, defaults=source.defaults, base_seed=seed,
                            shard=shard, resume=out.resume_point, by_count=kind == "text")  # fmt: skip
@@ -666,14 +794,24 @@ def _line_of(item) -> int:
 # --- merging shards ---------------------------------------------------------------------------------
 
 
-def merge(paths: list[str]) -> Iterator[tuple[dict, bytes]]:
+def merge(paths: list[str], *, allow_gaps: bool = False) -> Iterator[tuple[dict, bytes]]:
     """The records of several JSONL outputs (one per shard) in input order, read as streams: each file is
-    already in order, so this is a k-way merge on (line, variant)."""
+    already in order, so this is a k-way merge on (line, variant). The files are read twice: first to
+    check them, so that nothing is written when a result is in two files or a record (by the records'
+    `record` numbers) in none, unless `allow_gaps`."""
+    _check_merge(_merged(paths), allow_gaps)
+    for _, _, _, record, raw in _merged(paths):
+        yield record, raw
+
+
+def _merged(paths: list[str]) -> Iterator[tuple[tuple[int, int], str, int, dict, bytes]]:
     import heapq
 
-    def read(path: str) -> Iterator[tuple[tuple[int, int], int, dict, bytes]]:
+    def read(path: str) -> Iterator[tuple[tuple[int, int], str, int, dict, bytes]]:
         try:
             f = open(path, "rb")  # noqa: SIM115 - closed below
+        except IsADirectoryError:
+            raise UsageError(f"{path}: is a directory, not a batch output") from None
         except OSError as e:
             raise UsageError(f"{path}: cannot read it ({e.strerror})") from None
         with f:
@@ -685,7 +823,30 @@ def merge(paths: list[str]) -> Iterator[tuple[dict, bytes]]:
                     key = (int(record["line"]), int(record["variant"]))
                 except (ValueError, KeyError, TypeError):
                     raise BatchInputError(f"{path}:{number}", "not a dtg batch JSONL record (with line and variant)") from None
-                yield key, number, record, raw if raw.endswith(b"\n") else raw + b"\n"
+                yield key, path, number, record, raw if raw.endswith(b"\n") else raw + b"\n"
 
-    for key, _, record, raw in heapq.merge(*(read(p) for p in paths), key=lambda r: r[0]):
-        yield record, raw
+    return heapq.merge(*(read(p) for p in paths), key=lambda r: r[0])
+
+
+def _check_merge(merged: Iterator, allow_gaps: bool) -> None:
+    previous = None  # (key, path, record number or None) of the record before
+    for key, path, number, record, _ in merged:
+        index = record.get("record") if isinstance(record.get("record"), int) else None
+        if previous is not None and key == previous[0]:
+            raise BatchInputError(
+                f"{path}:{number}", f"line {key[0]} variant {key[1]} is also in {previous[1]}: the files overlap (the same shard twice?)"
+            )
+        if not allow_gaps and index is not None:
+            if previous is None:
+                follows = (index, key[1]) == (0, 0)
+            else:
+                before = (previous[2], previous[0][1])
+                follows = previous[2] is None or (index, key[1]) in ((before[0], before[1] + 1), (before[0] + 1, 0))
+            if not follows:
+                missing = 0 if previous is None or previous[2] is None else previous[2] + 1
+                raise BatchInputError(
+                    f"{path}:{number}",
+                    f"record {missing} (counted from 0) is in none of the files: a shard that did not finish, or a "
+                    "record skipped as bad (--allow-gaps merges anyway)",
+                )
+        previous = (key, path, index)

@@ -58,6 +58,36 @@ class _ErrorBoundary(TyperGroup):
         except KeyboardInterrupt:
             err.print("[red]interrupted[/]")
             raise typer.Exit(130) from None
+        except BrokenPipeError:  # the reader went away (`dtg ... | head`): nothing to say
+            _silence_stdout()
+            raise typer.Exit(141) from None
+        except OSError as e:  # the library turns expected I/O errors into DtgErrors; this is a full disk or a dead device
+            if os.environ.get("DTG_DEBUG"):
+                raise
+            _silence_stdout()
+            where = f" ({e.filename})" if e.filename else " (stdout)"
+            err.print(f"[red]error:[/] cannot write{escape(where)}: {escape(e.strerror or str(e))}", soft_wrap=True)
+            raise typer.Exit(1) from None
+
+
+def _silence_stdout() -> None:
+    """After a failed write, drop what is still buffered instead of failing again at exit."""
+    sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - lives until exit
+
+
+def _keep_stdout_for_results() -> None:
+    """Native code writes to file descriptor 1 (llama.cpp's abort prints a debugger backtrace there).
+    Results go through `sys.stdout` only, so fd 1 is pointed at stderr and `sys.stdout` gets the real
+    stdout on a descriptor of its own: whatever happens inside llama.cpp, stdout holds results only."""
+    try:
+        sys.stdout.flush()
+        results = os.dup(1)
+        os.dup2(2, 1)
+    except (OSError, ValueError, AttributeError):
+        return
+    sys.stdout = open(  # noqa: SIM115 - lives until exit
+        results, "w", encoding=sys.stdout.encoding, errors=sys.stdout.errors, buffering=1 if os.isatty(results) else -1
+    )
 
 
 app = typer.Typer(
@@ -103,7 +133,7 @@ def _root(
 
 # Options shared by several commands, declared once.
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Also show llama.cpp's own log lines and details.")]
-Threads = Annotated[Optional[int], typer.Option("--threads", min=1, help="CPU threads (default: all cores).")]
+Threads = Annotated[Optional[int], typer.Option("--threads", min=1, max=512, help="CPU threads (default: all cores; at most 512).")]
 Parallel = Annotated[
     Optional[int],
     typer.Option(
@@ -380,7 +410,10 @@ def generate(
         else:
             from dtg_cli.engine import QueuedSource, Task
 
-            tasks = (Task(replace(base, tags=tuple(split_tags(line)))) for line in itertools.chain([first], lines))
+            tasks = (
+                line if isinstance(line, DtgError) else Task(replace(base, tags=tuple(split_tags(line))))
+                for line in itertools.chain([first], lines)
+            )
             results = _results(generator.run(QueuedSource(tasks), parallel=parallel, stream=out.stream))
         for result in results:
             out.write(result)
@@ -395,14 +428,28 @@ def _results(outcomes):
     for outcome in outcomes:
         if outcome.error is not None:
             raise outcome.error
+        if isinstance(outcome.item, DtgError):  # an input line that could not be read
+            raise outcome.item
         yield outcome.result
 
 
 def _input_lines(tags: str | None):
     """Prompts from stdin, one per line, when TAGS is '-' or absent with stdin not a terminal; else None."""
     if tags == "-" or (tags is None and not sys.stdin.isatty()):
-        return (line.rstrip("\r\n") for line in sys.stdin)
+        return _stdin_lines()
     return None
+
+
+def _stdin_lines():
+    """Lines of stdin, each a str, or a UsageError in the place of a line that is not UTF-8 (raised by the
+    reader when it comes to it, so that the results before it are written first)."""
+    from dtg_cli.errors import UsageError
+
+    for number, raw in enumerate(sys.stdin.buffer, 1):
+        try:
+            yield raw.decode("utf-8").rstrip("\r\n")
+        except UnicodeDecodeError:
+            yield UsageError(f"stdin:{number}: not UTF-8 text")
 
 
 class _Output:
@@ -512,8 +559,8 @@ def batch(
         typer.Argument(
             metavar="INPUT",
             help="Prompts: .txt (one comma-separated prompt per line; blank lines and # comments skipped), .jsonl "
-            "(one object per line with generate's options as fields, plus seed, num and id) or .toml ([defaults] "
-            "and [[prompt]] tables); '-' reads stdin.",
+            "(one object per line with generate's options as fields, plus seed, num and id) or .toml (\\[defaults] "
+            "and \\[\\[prompt]] tables); '-' reads stdin.",
         ),
     ],
     output: Annotated[
@@ -545,7 +592,7 @@ def batch(
         Optional[int],
         typer.Option(
             help="Base seed. A record without its own seed gets, for each result, a seed derived from the base seed, "
-            "its id (its line number if it has none) and the result's number (default: the file's [defaults] seed, else 0).",
+            "its id (its line number if it has none) and the result's number (default: the file's \\[defaults] seed, else 0).",
             rich_help_panel=_SAMPLING,
         ),
     ] = None,
@@ -576,7 +623,7 @@ def batch(
 
     Each result is written and flushed as soon as it and those before it are done: an interrupted run
     leaves a valid file that --resume finishes. Settings, weakest first: the model family's defaults,
-    the file's [defaults], these options, the record's own fields.
+    the file's \\[defaults], these options, the record's own fields.
     """
     import contextlib
 
@@ -591,10 +638,7 @@ def batch(
     batching.check_output(output, resume=resume, force=force)
     if input_format is not None:
         batching.input_format(input_path, input_format, None)
-    if input_path != "-" and not Path(input_path).is_file():
-        from dtg_cli.errors import UsageError
-
-        raise UsageError(f"{input_path}: no such input file")
+    batching.check_input(input_path)
     options = {
         "copyright": copyright, "character": character, "artist": artist, "quality": quality, "rating": rating,
         "aspect_ratio": aspect_ratio, "width": width, "height": height, "length": length, "identity": identity,
@@ -603,7 +647,7 @@ def batch(
     }  # fmt: skip
     sampling = Sampling(temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p, max_new_tokens=max_new_tokens, seed=seed)
     conditions = {k: options[k] for k in ("copyright", "character", "artist", "quality", "rating", "aspect_ratio", "width", "height", "length", "identity")}
-    base = Request.from_options("", sampling=sampling, ban=ban or (), num=num or 1, **conditions)  # bad values fail before loading
+    base = Request.from_options("", sampling=sampling, ban=ban or (), num=num if num is not None else 1, **conditions)  # bad values fail before loading
     with _StderrProgress() as progress:
         generator = open_model(
             model, quant, prompt_format=prompt_format, n_gpu_layers=n_gpu_layers, threads=threads, progress=progress, request=base
@@ -648,7 +692,7 @@ class _BatchProgress:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
         total = None
-        if input_path != "-":
+        if input_path != "-" and Path(input_path).is_file():  # a pipe or a device cannot be read twice
             from dtg_cli import batch as batching
 
             kind = batching.sniff_format(input_path, input_format)
@@ -677,15 +721,18 @@ class _BatchProgress:
 def merge(
     files: Annotated[list[Path], typer.Argument(help="JSONL outputs of dtg batch --shard K/N, one per shard.")],
     output_format: Annotated[str, typer.Option("--format", help="jsonl (the records) or text (each result's line, as dtg batch wrote it).")] = "jsonl",
+    allow_gaps: Annotated[bool, typer.Option("--allow-gaps", help="Merge even when a record is in no file (records skipped as bad).")] = False,
 ) -> None:
-    """Merge the JSONL outputs of a sharded batch run into one stream on stdout, in input order."""
+    """Merge the JSONL outputs of a sharded batch run into one stream on stdout, in input order.
+
+    A result found in two files, or a record found in none, stops the merge with an error."""
     from dtg_cli import batch as batching
     from dtg_cli.errors import UsageError
 
     if output_format not in ("jsonl", "text"):
         raise UsageError(f"--format: {output_format!r} is not one of jsonl, text")
     out = sys.stdout.buffer if hasattr(sys.stdout, "buffer") else None
-    for record, raw in batching.merge([str(f) for f in files]):
+    for record, raw in batching.merge([str(f) for f in files], allow_gaps=allow_gaps):
         if output_format == "text":
             line = record.get("text", ", ".join(record.get("tags", []))) + "\n"
             sys.stdout.write(line)
@@ -734,7 +781,13 @@ def tags_check(
     from dtg_cli.tags import identify, model_form
 
     output_format = _table_format(output_format)
-    text = sys.stdin.read() if tags == "-" else tags
+    if tags == "-":
+        lines = list(_stdin_lines())
+        if bad := next((line for line in lines if isinstance(line, DtgError)), None):
+            raise bad
+        text = "\n".join(lines)
+    else:
+        text = tags
     pieces, _ = parse(text)
     inputs = [p for p in pieces if p.kind == "tag"]
     if not inputs:
@@ -948,6 +1001,7 @@ def models_rm(
 
 
 def main() -> None:
+    _keep_stdout_for_results()
     try:
         app()
     except KeyboardInterrupt:  # raised outside a command, e.g. while importing

@@ -43,14 +43,23 @@ def set_verbose(verbose: bool) -> None:
     _verbose = verbose
 
 
+def verbose() -> bool:
+    return _verbose
+
+
 class Model:
     """A GGUF model loaded for inference."""
 
     def __init__(self, path: str | Path, n_gpu_layers: int = -1):
+        self.ptr = None  # until llama.cpp has loaded it (close() runs on a half-made Model too)
         lib = bindings()
+        self._lib = lib
         self.path = Path(path)
         if not self.path.is_file():
             raise ModelFileError(f"{self.path}: no such model file")
+        from dtg_cli.gguf_header import check_hyperparameters, read_metadata
+
+        check_hyperparameters(self.path, read_metadata(self.path))
         params = lib.llama_model_default_params()
         params.n_gpu_layers = n_gpu_layers
         # llama.cpp's extra buffer types repack quantized weights for AMX on Intel CPUs that have it, and

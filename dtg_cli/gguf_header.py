@@ -1,0 +1,130 @@
+"""A GGUF file's metadata, read from its header alone, and the sanity checks made before llama.cpp sees it.
+
+llama.cpp aborts the whole process (and prints a debugger backtrace) on some impossible hyperparameters,
+such as zero experts or a hundred thousand layers. Reading the header costs a few milliseconds and no
+import of gguf-py, so every model is checked before it is loaded.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from dtg_cli.errors import ModelFileError
+
+_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
+_STRING, _ARRAY = 8, 9
+_MAX_KEYS = 1 << 16
+_MAX_STRING = 1 << 30  # tokenizer.huggingface.json is a few MB
+
+
+@dataclass(frozen=True)
+class ArrayInfo:
+    """An array value, not read: its element type and length."""
+
+    element_type: int
+    length: int
+
+
+class _Truncated(Exception):
+    pass
+
+
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    """The key-value metadata of a GGUF file; arrays are given as `ArrayInfo`. Raises ModelFileError for a
+    file that is not a readable GGUF."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            if f.read(4) != b"GGUF":
+                raise ModelFileError(f"{path}: not a GGUF file (no GGUF magic); download or convert it again")
+            version, _n_tensors, n_kv = struct.unpack("<IQQ", _read(f, 20))
+            if version not in (2, 3):
+                raise ModelFileError(f"{path}: GGUF version {version} is not one dtg reads (2 or 3)")
+            if n_kv > _MAX_KEYS:
+                raise ModelFileError(f"{path}: a header that claims {n_kv} metadata keys; the file is damaged")
+            meta: dict[str, Any] = {}
+            for _ in range(n_kv):
+                key = _string(f).decode("utf-8", "replace")
+                (kind,) = struct.unpack("<I", _read(f, 4))
+                meta[key] = _value(f, kind)
+            return meta
+    except _Truncated:
+        raise ModelFileError(f"{path}: the GGUF header is truncated; download or convert it again") from None
+    except (ValueError, struct.error) as e:
+        raise ModelFileError(f"{path}: a damaged GGUF header ({e}); download or convert it again") from None
+    except OSError as e:
+        raise ModelFileError(f"{path}: cannot read it ({e.strerror})") from None
+
+
+def _read(f: BinaryIO, n: int) -> bytes:
+    data = f.read(n)
+    if len(data) != n:
+        raise _Truncated
+    return data
+
+
+def _string(f: BinaryIO) -> bytes:
+    (n,) = struct.unpack("<Q", _read(f, 8))
+    if n > _MAX_STRING:
+        raise ValueError(f"a string of {n} bytes")
+    return _read(f, n)
+
+
+def _value(f: BinaryIO, kind: int) -> Any:
+    if kind in _SCALARS:
+        fmt = _SCALARS[kind]
+        return struct.unpack(fmt, _read(f, struct.calcsize(fmt)))[0]
+    if kind == _STRING:
+        return _string(f).decode("utf-8", "replace")
+    if kind == _ARRAY:
+        element, length = struct.unpack("<IQ", _read(f, 12))
+        if element == _STRING:
+            for _ in range(length):
+                (n,) = struct.unpack("<Q", _read(f, 8))
+                f.seek(n, 1)
+        elif element in _SCALARS:
+            f.seek(struct.calcsize(_SCALARS[element]) * length, 1)
+        else:
+            raise ValueError(f"an array of type {element}")
+        return ArrayInfo(element, length)
+    raise ValueError(f"value type {kind}")
+
+
+# Bounds of the hyperparameters of any model dtg runs, with room to spare; llama.cpp's own limits are
+# LLAMA_MAX_EXPERTS (512) and GGML's 512 threads.
+_BOUNDS = {
+    "block_count": (1, 1024),
+    "context_length": (1, 1 << 20),
+    "embedding_length": (1, 1 << 16),
+    "feed_forward_length": (1, 1 << 18),
+    "attention.head_count": (1, 1024),
+    "attention.head_count_kv": (1, 1024),
+    "expert_count": (1, 512),
+}
+
+
+def check_hyperparameters(path: str | Path, meta: dict[str, Any]) -> None:
+    """Refuse, in one line, values that would make llama.cpp abort or misbehave."""
+    arch = meta.get("general.architecture")
+    if not isinstance(arch, str):
+        raise ModelFileError(f"{path}: no general.architecture in the GGUF metadata; convert it again")
+    values: dict[str, int] = {}
+    for name, (low, high) in _BOUNDS.items():
+        key = f"{arch}.{name}"
+        if key not in meta:
+            continue
+        value = meta[key]
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise ModelFileError(f"{path}: {key} is {value!r}; a model dtg runs has {low} to {high}")
+        values[name] = value
+    used = meta.get(f"{arch}.expert_used_count")
+    if "expert_count" in values or used is not None:
+        experts = values.get("expert_count", 0)
+        if isinstance(used, bool) or not isinstance(used, int) or not 1 <= used <= experts:
+            raise ModelFileError(f"{path}: {arch}.expert_used_count is {used!r} with expert_count {experts}; it must be 1 to expert_count")
+    heads, kv_heads = values.get("attention.head_count"), values.get("attention.head_count_kv")
+    if heads and kv_heads and heads % kv_heads:
+        raise ModelFileError(f"{path}: {arch}.attention.head_count {heads} is not a multiple of head_count_kv {kv_heads}")
