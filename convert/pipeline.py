@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -12,6 +13,8 @@ from convert.hf_to_gguf import SourceInfo, read_license, write_gguf_f16
 from convert.quantize import FILE_SUFFIXES, QUANTS, quantize
 from dtg_cli.errors import DtgError, UsageError
 from dtg_cli.hub import download_checkpoint, looks_like_repo_id
+
+log = logging.getLogger("dtg")
 
 
 class ConvertProgress:
@@ -92,17 +95,21 @@ def convert(
         raise UsageError(f"invalid model name {name!r}")
 
     targets = {q: out_dir / f"{name}-{FILE_SUFFIXES[q]}.gguf" for q in quants}
-    existing = [str(p) for p in targets.values() if p.exists()]
+    existing = [q for q, p in targets.items() if p.exists()]
     if existing and not force:
-        raise DtgError(f"{', '.join(existing)} already exists; pass --force to overwrite")
+        if len(existing) == len(targets):
+            raise DtgError(f"{', '.join(str(targets[q]) for q in existing)} already exists; pass --force to overwrite")
+        for q in existing:  # an interrupted run: finish what is missing
+            log.warning("keeping %s, which exists (--force replaces it)", targets[q])
     _prepare_out_dir(out_dir)
+    _remove_scratch_files(out_dir, name)
+    todo = [q for q in quants if force or q not in existing]
 
     source = SourceInfo(name=name, repo=repo, revision=revision or _snapshot_revision(directory), license=read_license(directory))
-    written: list[Path] = []
     # The F16 file is the source of every quantization: written first, kept only if asked for.
     with contextlib.ExitStack() as stack:
         f16_final = targets.get("f16", out_dir / f"{name}-F16.gguf")
-        f16_tmp = stack.enter_context(_atomic_path(f16_final, publish="f16" in quants))
+        f16_tmp = stack.enter_context(_atomic_path(f16_final, publish="f16" in todo))
         label = f"writing {name}-F16.gguf"
 
         def on_tensor(_name: str, index: int, total: int) -> None:
@@ -111,16 +118,21 @@ def convert(
             progress.advance(index)
 
         write_gguf_f16(directory, f16_tmp, source, on_tensor)
-        for q in quants:
+        for q in todo:
             if q == "f16":
                 continue
             progress.step(f"quantizing to {FILE_SUFFIXES[q]}")
             with _atomic_path(targets[q]) as tmp:
                 quantize(f16_tmp, tmp, q, threads)
-            written.append(targets[q])
-    if "f16" in quants:
-        written.insert(0, targets["f16"])
-    return written
+    return list(targets.values())
+
+
+def _remove_scratch_files(out_dir: Path, name: str) -> None:
+    """The hidden `.NAME-*.gguf.*.partial` files a killed run left (a finished or interrupted run removes
+    its own)."""
+    for suffix in FILE_SUFFIXES.values():
+        for stale in out_dir.glob(f".{name}-{suffix}.gguf.*.partial"):
+            stale.unlink(missing_ok=True)
 
 
 def _snapshot_revision(directory: Path) -> str | None:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import ctypes
+import subprocess
+import sys
 from pathlib import Path
 
+from dtg_cli import llama
 from dtg_cli.errors import DtgError
-from dtg_cli.llama import bindings
 
 # GGUF general.file_type values (llama_ftype) of the formats dtg writes.
 FILE_TYPES = {"f16": 1, "q8_0": 7, "q6_k": 18}
@@ -15,11 +17,32 @@ QUANTS = tuple(FILE_TYPES)  # ("f16", "q8_0", "q6_k")
 
 
 def quantize(src: Path, dst: Path, quant: str, threads: int | None = None) -> None:
-    """Write `src` (an F16 GGUF) to `dst` in `quant` (q8_0 or q6_k)."""
-    lib = bindings()
-    params = lib.llama_model_quantize_default_params()
-    params.ftype = FILE_TYPES[quant]
-    params.nthread = threads or 0
-    rc = lib.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
+    """Write `src` (an F16 GGUF) to `dst` in `quant` (q8_0 or q6_k), in a child process.
+
+    llama.cpp's quantizer cannot be interrupted from Python: a Ctrl-C arrives inside its log callback,
+    where ctypes swallows it, and the quantization runs on to the end. A child process can be stopped.
+    """
+    code = f"import sys; from {__name__} import quantize_here; sys.exit(quantize_here(*sys.argv[1:]))"
+    args = [str(src), str(dst), quant, str(threads or 0), "1" if llama.verbose() else "0"]
+    # A session of its own: a Ctrl-C in the terminal reaches this process only, which then stops the child.
+    child = subprocess.Popen(
+        [sys.executable, "-c", code, *args], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, start_new_session=True
+    )
+    try:
+        rc = child.wait()
+    except BaseException:
+        child.kill()
+        child.wait()
+        raise
     if rc != 0:
         raise DtgError(f"llama.cpp failed to quantize {src.name} to {quant.upper()} (code {rc}); rerun with --verbose")
+
+
+def quantize_here(src: str, dst: str, quant: str, threads: str = "0", verbose: str = "0") -> int:
+    """The quantization itself, in this process: llama.cpp's return code."""
+    llama.set_verbose(verbose == "1")
+    lib = llama.bindings()
+    params = lib.llama_model_quantize_default_params()
+    params.ftype = FILE_TYPES[quant]
+    params.nthread = int(threads)
+    return lib.llama_model_quantize(src.encode(), dst.encode(), ctypes.byref(params))
