@@ -146,15 +146,22 @@ def measure(dtg, gguf, prompt_format, src, out, new, threads, parallel) -> dict:
     return {"records_s": records / seconds, "tags_s": tags / seconds, "wall": wall, "rss": rss, "parallel": chosen[1] if chosen else "?"}
 
 
-def transformers_loop(checkpoint: Path, gguf: Path, prompt_format: str, src: Path, n: int, new: int, threads: int, stop: list[int]) -> float:
+def transformers_loop(
+    checkpoint: Path, gguf: Path, prompt_format: str, src: Path, n: int, new: int, threads: int, stop: list[int]
+) -> float:
     """Records per second of a loop over the first `n` prompts, with the model loaded once."""
     from dtg_cli.engine import Generator
     from dtg_cli.settings import Request
 
     lines = src.read_text(encoding="utf-8").splitlines()[:n]
     with Generator(gguf, prompt_format=prompt_format, n_gpu_layers=0) as generator:
-        ids = [generator.tokenizer.encode(generator.format.build(Request.from_options(line), [t.strip() for t in line.split(",")])) for line in lines]
-    _, _, out = run_and_measure([sys.executable, "-c", TRANSFORMERS_LOOP, str(checkpoint), json.dumps(ids), str(new), str(threads), json.dumps(stop)])
+        ids = [
+            generator.tokenizer.encode(generator.format.build(Request.from_options(line), [t.strip() for t in line.split(",")]))
+            for line in lines
+        ]
+    _, _, out = run_and_measure(
+        [sys.executable, "-c", TRANSFORMERS_LOOP, str(checkpoint), json.dumps(ids), str(new), str(threads), json.dumps(stop)]
+    )
     result = json.loads(out.strip().splitlines()[-1])
     return result["records"] / result["seconds"]
 

@@ -100,8 +100,21 @@ def main() -> None:
     input_ids = None
     for seed in range(1, args.runs + 1):
         wall, rss, out = run_and_measure(
-            [*dtg_command, "generate", TAGS, "--model", str(gguf), "--seed", str(seed), "--max-new-tokens", str(args.new_tokens),
-             "--threads", str(args.threads), "--format", "json"]  # fmt: skip
+            [
+                *dtg_command,
+                "generate",
+                TAGS,
+                "--model",
+                str(gguf),
+                "--seed",
+                str(seed),
+                "--max-new-tokens",
+                str(args.new_tokens),
+                "--threads",
+                str(args.threads),
+                "--format",
+                "json",
+            ]  # fmt: skip
         )
         (record,) = json.loads(out)
         input_ids = record["input_ids"]

@@ -1,7 +1,7 @@
 """Convert Hugging Face checkpoints of Dart v2 and DanTagGen to GGUF (F16, Q8_0, Q6_K).
 
-    from convert import convert
-    paths = convert("p1atdev/dart-v2-moe-sft", "models/", quants=["q8_0"])
+from convert import convert
+paths = convert("p1atdev/dart-v2-moe-sft", "models/", quants=["q8_0"])
 """
 
 from convert.pipeline import QUANTS, ConvertProgress, convert, parse_quants

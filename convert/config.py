@@ -45,9 +45,21 @@ _NO_EFFECT = frozenset(
 
 # Keys read below, by architecture.
 _COMMON = {
-    "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-    "num_key_value_heads", "head_dim", "max_position_embeddings", "rope_theta", "rope_scaling",
-    "rope_parameters", "rms_norm_eps", "hidden_act", "tie_word_embeddings", "quantization_config",
+    "vocab_size",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "head_dim",
+    "max_position_embeddings",
+    "rope_theta",
+    "rope_scaling",
+    "rope_parameters",
+    "rms_norm_eps",
+    "hidden_act",
+    "tie_word_embeddings",
+    "quantization_config",
 }
 _READ = {
     "LlamaForCausalLM": _COMMON | {"attention_bias", "mlp_bias"},
@@ -128,7 +140,10 @@ class ModelConfig:
             log.warning(
                 "%s: sliding_window %d is shorter than max_position_embeddings %d; llama.cpp attends to the whole "
                 "context, so the GGUF's context is limited to %d tokens, where both compute the same",
-                path.name, window, context, window,
+                path.name,
+                window,
+                context,
+                window,
             )
             context = window
 
@@ -147,9 +162,7 @@ class ModelConfig:
             n_experts = keys.integer("num_local_experts")
             n_used = keys.integer("num_experts_per_tok", default=2)
             if not 1 <= n_used <= n_experts:
-                raise CheckpointError(
-                    f"{path}: num_experts_per_tok {n_used} must be between 1 and num_local_experts {n_experts}"
-                )
+                raise CheckpointError(f"{path}: num_experts_per_tok {n_used} must be between 1 and num_local_experts {n_experts}")
 
         rope_theta, linear_factor = _rope(cfg, keys, defaults["rope_theta"], path)
         config = cls(
@@ -176,7 +189,9 @@ class ModelConfig:
         if unread:
             log.warning(
                 "%s: keys %s are not read by dtg or by transformers' %s; the GGUF ignores them",
-                path.name, ", ".join(unread), arch,
+                path.name,
+                ", ".join(unread),
+                arch,
             )
         return config
 
@@ -211,9 +226,7 @@ def _rope(cfg: dict, keys: _Keys, default_theta: float, path: Path) -> tuple[flo
         if factor <= 0:
             raise CheckpointError(f"{path}: {theta_keys.name('factor')} must be positive, got {factor}")
     elif isinstance(kind, str):
-        raise CheckpointError(
-            f"{path}: {key} {kind!r} is not supported; dtg converts 'default' and 'linear' rope"
-        )
+        raise CheckpointError(f"{path}: {key} {kind!r} is not supported; dtg converts 'default' and 'linear' rope")
     else:
         raise CheckpointError(f"{path}: {key} must be a string, got {json.dumps(kind)}")
     partial = scaling.get("partial_rotary_factor", 1.0)

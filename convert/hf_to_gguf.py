@@ -14,7 +14,6 @@ from convert.safetensors import SafetensorsCheckpoint
 from convert.vocab import SentencePieceVocab, WordLevelVocab, load_vocab
 from dtg_cli.errors import CheckpointError
 
-
 # One tensor-progress callback: (gguf tensor name, index starting at 1, total).
 TensorProgress = Callable[[str, int, int], None]
 
@@ -67,8 +66,7 @@ def plan_tensors(config: ModelConfig, ckpt: SafetensorsCheckpoint) -> list[Plann
     for (layer, which), by_expert in sorted(experts.items()):
         if sorted(by_expert) != list(range(config.n_experts)):
             raise CheckpointError(
-                f"{ckpt.directory}: layer {layer} has experts {sorted(by_expert)} for {which}, "
-                f"expected 0..{config.n_experts - 1}"
+                f"{ckpt.directory}: layer {layer} has experts {sorted(by_expert)} for {which}, expected 0..{config.n_experts - 1}"
             )
         sources = [by_expert[e] for e in range(config.n_experts)]
         gguf_base = name_map.get_name(f"model.layers.{layer}.block_sparse_moe.experts.{which}")
@@ -112,9 +110,7 @@ def _check_complete(config: ModelConfig, planned: dict[str, PlannedTensor], dire
         raise CheckpointError(f"{directory}: the checkpoint lacks tensors for {shown}; it is incomplete")
     for name, shape in required.items():
         if shape and tuple(planned[name].shape) != shape:
-            raise CheckpointError(
-                f"{directory}: tensor {name} has shape {planned[name].shape}, config.json implies {shape}"
-            )
+            raise CheckpointError(f"{directory}: tensor {name} has shape {planned[name].shape}, config.json implies {shape}")
 
 
 def _load(ckpt: SafetensorsCheckpoint, t: PlannedTensor) -> np.ndarray:
@@ -152,9 +148,7 @@ def read_license(directory: Path) -> str | None:
     return None
 
 
-def write_gguf_f16(
-    directory: Path, out_path: Path, source: SourceInfo, on_tensor: TensorProgress | None = None
-) -> None:
+def write_gguf_f16(directory: Path, out_path: Path, source: SourceInfo, on_tensor: TensorProgress | None = None) -> None:
     """Write the checkpoint in `directory` to `out_path` as a GGUF with F16 weights (F32 norms and router)."""
     import gguf
 

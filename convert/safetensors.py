@@ -60,16 +60,13 @@ def _read_header(path: Path) -> list[TensorEntry]:
         except (KeyError, TypeError, ValueError) as e:
             raise CheckpointError(f"{path}: corrupt safetensors header entry for {name!r}") from e
         if dtype not in _DTYPES:
-            raise CheckpointError(
-                f"{path}: tensor {name!r} has dtype {dtype}; only F32, F16 and BF16 checkpoints are supported"
-            )
+            raise CheckpointError(f"{path}: tensor {name!r} has dtype {dtype}; only F32, F16 and BF16 checkpoints are supported")
         nbytes = end - begin
         if nbytes != int(np.prod(shape, dtype=np.int64)) * _DTYPES[dtype].itemsize:
             raise CheckpointError(f"{path}: tensor {name!r} has a size that does not match its shape; the file is corrupt")
         if data_start + end > size:
             raise CheckpointError(
-                f"{path} is truncated: tensor {name!r} ends at byte {data_start + end:,} but the file has "
-                f"{size:,} bytes; download it again"
+                f"{path} is truncated: tensor {name!r} ends at byte {data_start + end:,} but the file has {size:,} bytes; download it again"
             )
         entries.append(TensorEntry(name, path, dtype, shape, data_start + begin, nbytes))
     return entries
@@ -95,9 +92,7 @@ class SafetensorsCheckpoint:
         elif single.is_file():
             files = [single]
         else:
-            raise CheckpointError(
-                f"{self.directory}: no {SINGLE_FILE} or {INDEX_FILE}; only safetensors checkpoints are supported"
-            )
+            raise CheckpointError(f"{self.directory}: no {SINGLE_FILE} or {INDEX_FILE}; only safetensors checkpoints are supported")
         self.entries: dict[str, TensorEntry] = {}
         for f in files:
             for entry in _read_header(f):

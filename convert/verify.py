@@ -103,10 +103,28 @@ def _split_tags(text: str) -> list[str]:
     """The common-tag string above, read two-word tags first."""
     words = text.split()
     known = {
-        "long hair", "looking at viewer", "short hair", "open mouth", "blue eyes", "simple background",
-        "large breasts", "hair ornament", "brown hair", "black hair", "long sleeves", "white background",
-        "purple eyes", "animal ears", "closed mouth", "medium breasts", "school uniform", "very long hair",
-        "red eyes", "green eyes", "yellow eyes", "cat ears",
+        "long hair",
+        "looking at viewer",
+        "short hair",
+        "open mouth",
+        "blue eyes",
+        "simple background",
+        "large breasts",
+        "hair ornament",
+        "brown hair",
+        "black hair",
+        "long sleeves",
+        "white background",
+        "purple eyes",
+        "animal ears",
+        "closed mouth",
+        "medium breasts",
+        "school uniform",
+        "very long hair",
+        "red eyes",
+        "green eyes",
+        "yellow eyes",
+        "cat ears",
     }
     tags, i = [], 0
     while i < len(words):
@@ -132,7 +150,10 @@ def reference_logits(checkpoint: Path, token_ids: list[int]) -> np.ndarray:
 def gguf_logits(path: Path, token_ids: list[int], threads: int | None = None) -> np.ndarray:
     from dtg_cli.llama import Context, Model
 
-    with Model(path, n_gpu_layers=0) as model, Context(model, n_ctx=max(len(token_ids), 64), n_batch=len(token_ids), n_threads=threads) as ctx:
+    with (
+        Model(path, n_gpu_layers=0) as model,
+        Context(model, n_ctx=max(len(token_ids), 64), n_batch=len(token_ids), n_threads=threads) as ctx,
+    ):
         return ctx.logits(token_ids)
 
 

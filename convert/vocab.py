@@ -204,9 +204,7 @@ def _complete_llama_vocab(
         scores.append(-1000.0)
         types.append(CONTROL if special else USER_DEFINED)
     if len(tokens) > vocab_size:
-        raise CheckpointError(
-            f"{directory}: the tokenizer has {len(tokens)} tokens but config.json says vocab_size {vocab_size}"
-        )
+        raise CheckpointError(f"{directory}: the tokenizer has {len(tokens)} tokens but config.json says vocab_size {vocab_size}")
     while len(tokens) < vocab_size:  # embedding rows beyond the tokenizer
         tokens.append(f"[PAD{len(tokens)}]")
         scores.append(-1000.0)
@@ -371,7 +369,10 @@ def _check_merges_cover_the_vocabulary(vocab: dict, rank: dict, pairs: set, path
                 log.warning(
                     "%s: the merges do not list %r + %r although both and %r are pieces; llama.cpp may join "
                     "pieces that transformers keeps apart",
-                    path.name, a, b, piece,
+                    path.name,
+                    a,
+                    b,
+                    piece,
                 )
                 return
 
@@ -425,7 +426,11 @@ def load_vocab(directory: Path, vocab_size: int) -> SentencePieceVocab | WordLev
         return load_wordlevel_vocab(path, text, data, vocab_size)
     if kind == "BPE" and model.get("byte_fallback"):
         return load_llama_bpe_vocab(directory, data, vocab_size)
-    found = f"a {kind} model" + (" without byte fallback" if kind == "BPE" else "") if isinstance(kind, str) else f"model {json.dumps(model)[:40]}"
+    found = (
+        f"a {kind} model" + (" without byte fallback" if kind == "BPE" else "")
+        if isinstance(kind, str)
+        else f"model {json.dumps(model)[:40]}"
+    )
     raise CheckpointError(
         f"{path}: found {found}; dtg needs a WordLevel tokenizer (Dart v2), a BPE with byte fallback "
         "(LLaMA's SentencePiece as transformers saves it) or a tokenizer.model"

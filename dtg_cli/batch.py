@@ -15,9 +15,10 @@ import os
 import re
 import sys
 import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 from dtg_cli.engine import END, NOT_READY, Generator, IterSource, QueuedSource, Source, Task
 from dtg_cli.errors import DtgError, UsageError
@@ -27,7 +28,21 @@ from dtg_cli.tags import Style
 INPUT_FORMATS = ("txt", "jsonl", "toml")
 OUTPUT_FORMATS = ("text", "jsonl")
 SAMPLING_FIELDS = ("temperature", "top_p", "top_k", "min_p", "max_new_tokens")
-CONDITION_FIELDS = ("tags", "copyright", "character", "artist", "quality", "rating", "aspect_ratio", "width", "height", "length", "identity", "ban", "auto")
+CONDITION_FIELDS = (
+    "tags",
+    "copyright",
+    "character",
+    "artist",
+    "quality",
+    "rating",
+    "aspect_ratio",
+    "width",
+    "height",
+    "length",
+    "identity",
+    "ban",
+    "auto",
+)
 RECORD_FIELDS = frozenset({"id", "seed", "num", *CONDITION_FIELDS, *SAMPLING_FIELDS})
 DEFAULT_FIELDS = RECORD_FIELDS - {"id"}  # in [defaults], `seed` is the base seed
 ASPECT_FIELDS = ("aspect_ratio", "width", "height")
@@ -223,7 +238,9 @@ class InputFile:
                 yield BadRecord(index, number, self._where(number), f"not valid JSON: {e.msg} (column {e.colno})")
             else:
                 if _holds_a_lone_surrogate(value):
-                    yield BadRecord(index, number, self._where(number), "a string holds a lone surrogate escape such as \\ud800, which is not text")
+                    yield BadRecord(
+                        index, number, self._where(number), "a string holds a lone surrogate escape such as \\ud800, which is not text"
+                    )
                 elif isinstance(value, dict):
                     yield Record(index, number, value)
                 else:
@@ -269,7 +286,10 @@ class InputFile:
         extra = set(table) - {"defaults"}
         if extra:
             line = start + next((i for i, raw in enumerate(head) if raw.strip() and not raw.strip().startswith(b"#")), 0)
-            raise BatchInputError(self._where(line), f"unknown table or key {', '.join(sorted(extra))}: a batch file has a [defaults] table and [[prompt]] tables")
+            raise BatchInputError(
+                self._where(line),
+                f"unknown table or key {', '.join(sorted(extra))}: a batch file has a [defaults] table and [[prompt]] tables",
+            )
         defaults = table.get("defaults", {})
         where = self._where(start + next((i for i, raw in enumerate(head) if raw.strip().startswith(b"[defaults")), 0))
         if not isinstance(defaults, dict):
@@ -705,7 +725,9 @@ class _Tasks(Source):
         if self.by_count and self.to_skip:
             raise UsageError(f"the output has {self.resume.results} results, more than this run makes for the input; {_RESUME_HINT}")
         if not self.by_count and self.resume.last is not None and not self.resume_checked:
-            raise UsageError(f"the output's last result is for line {self.resume.last['line']}, which is not a record of the input; {_RESUME_HINT}")
+            raise UsageError(
+                f"the output's last result is for line {self.resume.last['line']}, which is not a record of the input; {_RESUME_HINT}"
+            )
 
     def _rest(self, task: Task, done: int):
         done = min(done, task.request.num)

@@ -6,7 +6,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -124,18 +124,16 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    version: Annotated[
-        Optional[bool], typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
-    ] = None,
+    version: Annotated[bool | None, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")] = None,
 ) -> None:
     pass
 
 
 # Options shared by several commands, declared once.
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Also show llama.cpp's own log lines and details.")]
-Threads = Annotated[Optional[int], typer.Option("--threads", min=1, max=512, help="CPU threads (default: all cores; at most 512).")]
+Threads = Annotated[int | None, typer.Option("--threads", min=1, max=512, help="CPU threads (default: all cores; at most 512).")]
 Parallel = Annotated[
-    Optional[int],
+    int | None,
     typer.Option(
         "--parallel",
         min=1,
@@ -187,8 +185,8 @@ def convert(
     src: Annotated[str, typer.Argument(help="A checkpoint directory, or a Hugging Face repo id such as p1atdev/dart-v2-moe-sft.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Directory for the GGUF files (created if missing).")],
     quant: Annotated[str, typer.Option("--quant", "-q", help="Comma-separated formats to write: f16, q8_0, q6_k.")] = "f16,q8_0,q6_k",
-    name: Annotated[Optional[str], typer.Option(help="File name stem (default: the checkpoint's directory or repo name).")] = None,
-    revision: Annotated[Optional[str], typer.Option(help="Hub revision (branch, tag or commit) to download and record.")] = None,
+    name: Annotated[str | None, typer.Option(help="File name stem (default: the checkpoint's directory or repo name).")] = None,
+    revision: Annotated[str | None, typer.Option(help="Hub revision (branch, tag or commit) to download and record.")] = None,
     force: Annotated[bool, typer.Option("--force", "-f", help="Overwrite existing output files.")] = False,
     verify: Annotated[
         bool, typer.Option(help="Compare every written file with the checkpoint through transformers (needs torch).")
@@ -255,62 +253,86 @@ def _family_default(name: str) -> str:
 ModelName = Annotated[str, typer.Option("--model", "-m", help="A model name (dtg models list) or a .gguf file.", rich_help_panel=_MODEL)]
 Quant = Annotated[str, typer.Option("--quant", "-q", help="f16, q8_0 or q6_k.", rich_help_panel=_MODEL)]
 PromptFormat = Annotated[
-    Optional[str],
-    typer.Option(help="Prompt format for a .gguf file dtg cannot identify: dart-v2-sft, dart-v2-base, dantaggen, dantaggen-delta.", rich_help_panel=_MODEL),
+    str | None,
+    typer.Option(
+        help="Prompt format for a .gguf file dtg cannot identify: dart-v2-sft, dart-v2-base, dantaggen, dantaggen-delta.",
+        rich_help_panel=_MODEL,
+    ),
 ]
 GpuLayers = Annotated[int, typer.Option(help="Layers to offload to the GPU (-1: all; ignored by CPU-only builds).", rich_help_panel=_MODEL)]
-Copyright = Annotated[Optional[str], typer.Option(help="Copyright tags (comma-separated).", rich_help_panel=_CONDITIONS)]
-Character = Annotated[Optional[str], typer.Option(help="Character tags (comma-separated).", rich_help_panel=_CONDITIONS)]
-Artist = Annotated[Optional[str], typer.Option(help="Artist tags (DanTagGen).", rich_help_panel=_CONDITIONS)]
+Copyright = Annotated[str | None, typer.Option(help="Copyright tags (comma-separated).", rich_help_panel=_CONDITIONS)]
+Character = Annotated[str | None, typer.Option(help="Character tags (comma-separated).", rich_help_panel=_CONDITIONS)]
+Artist = Annotated[str | None, typer.Option(help="Artist tags (DanTagGen).", rich_help_panel=_CONDITIONS)]
 Rating = Annotated[
-    Optional[str], typer.Option(help="sfw, general, sensitive, nsfw, questionable or explicit (default: sfw).", rich_help_panel=_CONDITIONS)
+    str | None, typer.Option(help="sfw, general, sensitive, nsfw, questionable or explicit (default: sfw).", rich_help_panel=_CONDITIONS)
 ]
 AspectRatio = Annotated[
-    Optional[str],
-    typer.Option(help="ultra_tall, tall, square, wide, ultra_wide, a number (width/height) or W:H (default: tall).", rich_help_panel=_CONDITIONS),
+    str | None,
+    typer.Option(
+        help="ultra_tall, tall, square, wide, ultra_wide, a number (width/height) or W:H (default: tall).", rich_help_panel=_CONDITIONS
+    ),
 ]
-Width = Annotated[Optional[int], typer.Option(help="Image width; with --height, instead of --aspect-ratio.", rich_help_panel=_CONDITIONS)]
-Height = Annotated[Optional[int], typer.Option(help="Image height.", rich_help_panel=_CONDITIONS)]
+Width = Annotated[int | None, typer.Option(help="Image width; with --height, instead of --aspect-ratio.", rich_help_panel=_CONDITIONS)]
+Height = Annotated[int | None, typer.Option(help="Image height.", rich_help_panel=_CONDITIONS)]
 Length = Annotated[
-    Optional[str], typer.Option(help="very_short, short, medium, long or very_long (default: long).", rich_help_panel=_CONDITIONS)
+    str | None, typer.Option(help="very_short, short, medium, long or very_long (default: long).", rich_help_panel=_CONDITIONS)
 ]
 Identity = Annotated[
-    Optional[str], typer.Option(help="Dart SFT: none, lax or strict, how closely to keep the given subjects (default: lax).", rich_help_panel=_CONDITIONS)
+    str | None,
+    typer.Option(help="Dart SFT: none, lax or strict, how closely to keep the given subjects (default: lax).", rich_help_panel=_CONDITIONS),
 ]
-Quality = Annotated[Optional[str], typer.Option(help="DanTagGen delta: quality tags, e.g. masterpiece.", rich_help_panel=_CONDITIONS)]
-Temperature = Annotated[Optional[float], typer.Option(help=f"0 is greedy (default: {_family_default('temperature')}).", rich_help_panel=_SAMPLING)]
-TopP = Annotated[Optional[float], typer.Option(help=f"Nucleus sampling, 1 is off (default: {_family_default('top_p')}).", rich_help_panel=_SAMPLING)]
-TopK = Annotated[Optional[int], typer.Option(help=f"Keep the k likeliest tokens, 0 is off (default: {_family_default('top_k')}).", rich_help_panel=_SAMPLING)]
+Quality = Annotated[str | None, typer.Option(help="DanTagGen delta: quality tags, e.g. masterpiece.", rich_help_panel=_CONDITIONS)]
+Temperature = Annotated[
+    float | None, typer.Option(help=f"0 is greedy (default: {_family_default('temperature')}).", rich_help_panel=_SAMPLING)
+]
+TopP = Annotated[
+    float | None, typer.Option(help=f"Nucleus sampling, 1 is off (default: {_family_default('top_p')}).", rich_help_panel=_SAMPLING)
+]
+TopK = Annotated[
+    int | None,
+    typer.Option(help=f"Keep the k likeliest tokens, 0 is off (default: {_family_default('top_k')}).", rich_help_panel=_SAMPLING),
+]
 MinP = Annotated[
-    Optional[float],
-    typer.Option(help=f"Drop tokens below this fraction of the likeliest, 0 is off (default: {_family_default('min_p')}).", rich_help_panel=_SAMPLING),
+    float | None,
+    typer.Option(
+        help=f"Drop tokens below this fraction of the likeliest, 0 is off (default: {_family_default('min_p')}).", rich_help_panel=_SAMPLING
+    ),
 ]
 MaxNewTokens = Annotated[
-    Optional[int], typer.Option(help=f"Token budget per result (default: {_family_default('max_new_tokens')}).", rich_help_panel=_SAMPLING)
+    int | None, typer.Option(help=f"Token budget per result (default: {_family_default('max_new_tokens')}).", rich_help_panel=_SAMPLING)
 ]
 Ban = Annotated[
-    Optional[list[str]],
+    list[str] | None,
     typer.Option(help="A tag that must not appear: a glob such as '*hair*' or re:REGEX. Repeatable.", rich_help_panel=_SAMPLING),
 ]
 EscapeTags = Annotated[
-    Optional[bool],
-    typer.Option("--escape/--no-escape", help="Write ( and ) in tags as \\( and \\) for web UIs (default: when the prompt uses web-UI syntax).", rich_help_panel=_OUTPUT),
+    bool | None,
+    typer.Option(
+        "--escape/--no-escape",
+        help="Write ( and ) in tags as \\( and \\) for web UIs (default: when the prompt uses web-UI syntax).",
+        rich_help_panel=_OUTPUT,
+    ),
 ]
 Order = Annotated[
-    Optional[str],
-    typer.Option(help="model (your tags where you wrote them, then the new ones), alpha, or category (by --template).", rich_help_panel=_OUTPUT),
+    str | None,
+    typer.Option(
+        help="model (your tags where you wrote them, then the new ones), alpha, or category (by --template).", rich_help_panel=_OUTPUT
+    ),
 ]
 Template = Annotated[
-    Optional[str],
+    str | None,
     typer.Option(
         help="Categories in output order, for --order category (implied): people, character, copyright, artist, general, meta, rating, "
         "quality (the default); one left out is left out of the output.",
         rich_help_panel=_OUTPUT,
     ),
 ]
-Underscores = Annotated[bool, typer.Option("--underscores", help="Write tags with underscores (long_hair), for models trained on them.", rich_help_panel=_OUTPUT)]
+Underscores = Annotated[
+    bool,
+    typer.Option("--underscores", help="Write tags with underscores (long_hair), for models trained on them.", rich_help_panel=_OUTPUT),
+]
 Auto = Annotated[
-    Optional[bool],
+    bool | None,
     typer.Option(
         "--auto/--no-auto",
         help="Sort a flat tag list into the prompt's fields (character, copyright, artist, rating, quality, general) by the tag "
@@ -334,8 +356,10 @@ def _style(order: str | None, template: str | None, escape_tags: bool | None, un
 @app.command(no_args_is_help=False)
 def generate(
     tags: Annotated[
-        Optional[str],
-        typer.Argument(help="Comma-separated tags, e.g. \"1girl, cat ears\". '-' (or none, with stdin not a terminal): one prompt per input line."),
+        str | None,
+        typer.Argument(
+            help="Comma-separated tags, e.g. \"1girl, cat ears\". '-' (or none, with stdin not a terminal): one prompt per input line."
+        ),
     ] = None,
     model: ModelName = "dart-v2-moe-sft",
     quant: Quant = "q8_0",
@@ -359,7 +383,9 @@ def generate(
     top_k: TopK = None,
     min_p: MinP = None,
     max_new_tokens: MaxNewTokens = None,
-    seed: Annotated[Optional[int], typer.Option(help="Seed of the first result (the next get seed+1, ...); default: random.", rich_help_panel=_SAMPLING)] = None,
+    seed: Annotated[
+        int | None, typer.Option(help="Seed of the first result (the next get seed+1, ...); default: random.", rich_help_panel=_SAMPLING)
+    ] = None,
     ban: Ban = None,
     num: Annotated[int, typer.Option("--num", "-n", help="Results per prompt, with seeds seed, seed+1, ...", rich_help_panel=_OUTPUT)] = 1,
     output_format: Annotated[
@@ -564,7 +590,7 @@ def batch(
         ),
     ],
     output: Annotated[
-        Optional[str], typer.Option("--output", "-o", help="A .jsonl or .txt file (default: text lines on stdout).", rich_help_panel=_OUTPUT)
+        str | None, typer.Option("--output", "-o", help="A .jsonl or .txt file (default: text lines on stdout).", rich_help_panel=_OUTPUT)
     ] = None,
     model: ModelName = "dart-v2-moe-sft",
     quant: Quant = "q8_0",
@@ -589,7 +615,7 @@ def batch(
     min_p: MinP = None,
     max_new_tokens: MaxNewTokens = None,
     seed: Annotated[
-        Optional[int],
+        int | None,
         typer.Option(
             help="Base seed. A record without its own seed gets, for each result, a seed derived from the base seed, "
             "its id (its line number if it has none) and the result's number (default: the file's \\[defaults] seed, else 0).",
@@ -597,25 +623,30 @@ def batch(
         ),
     ] = None,
     ban: Ban = None,
-    num: Annotated[Optional[int], typer.Option("--num", "-n", help="Results per record (default: 1).", rich_help_panel=_OUTPUT)] = None,
+    num: Annotated[int | None, typer.Option("--num", "-n", help="Results per record (default: 1).", rich_help_panel=_OUTPUT)] = None,
     output_format: Annotated[
-        Optional[str], typer.Option("--format", help="text or jsonl (default: from the -o name; text on stdout).", rich_help_panel=_OUTPUT)
+        str | None, typer.Option("--format", help="text or jsonl (default: from the -o name; text on stdout).", rich_help_panel=_OUTPUT)
     ] = None,
     input_format: Annotated[
-        Optional[str], typer.Option(help="txt, jsonl or toml (default: from the extension, else from the first line).", rich_help_panel=_OUTPUT)
+        str | None,
+        typer.Option(help="txt, jsonl or toml (default: from the extension, else from the first line).", rich_help_panel=_OUTPUT),
     ] = None,
     order: Order = None,
     template: Template = None,
     escape_tags: EscapeTags = None,
     underscores: Underscores = False,
-    resume: Annotated[bool, typer.Option("--resume", help="Keep the results already in -o FILE and do the rest.", rich_help_panel="Run")] = False,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Keep the results already in -o FILE and do the rest.", rich_help_panel="Run")
+    ] = False,
     force: Annotated[bool, typer.Option("--force", help="Replace -o FILE if it exists.", rich_help_panel="Run")] = False,
     skip_errors: Annotated[
         bool, typer.Option("--skip-errors", help="Report a bad record on stderr and go on (default: stop there).", rich_help_panel="Run")
     ] = False,
     shard: Annotated[
-        Optional[str],
-        typer.Option(help="K/N: do only the records whose index (from 0) is K modulo N, for N machines numbered 0..N-1.", rich_help_panel="Run"),
+        str | None,
+        typer.Option(
+            help="K/N: do only the records whose index (from 0) is K modulo N, for N machines numbered 0..N-1.", rich_help_panel="Run"
+        ),
     ] = None,
     verbose: Verbose = False,
 ) -> None:
@@ -646,8 +677,13 @@ def batch(
         "max_new_tokens": max_new_tokens, "auto": auto,
     }  # fmt: skip
     sampling = Sampling(temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p, max_new_tokens=max_new_tokens, seed=seed)
-    conditions = {k: options[k] for k in ("copyright", "character", "artist", "quality", "rating", "aspect_ratio", "width", "height", "length", "identity")}
-    base = Request.from_options("", sampling=sampling, ban=ban or (), num=num if num is not None else 1, **conditions)  # bad values fail before loading
+    conditions = {
+        k: options[k]
+        for k in ("copyright", "character", "artist", "quality", "rating", "aspect_ratio", "width", "height", "length", "identity")
+    }
+    base = Request.from_options(
+        "", sampling=sampling, ban=ban or (), num=num if num is not None else 1, **conditions
+    )  # bad values fail before loading
     with _StderrProgress() as progress:
         generator = open_model(
             model, quant, prompt_format=prompt_format, n_gpu_layers=n_gpu_layers, threads=threads, progress=progress, request=base
@@ -713,15 +749,21 @@ class _BatchProgress:
         self.bar.stop()
 
     def update(self, summary) -> None:
-        rates = f"{summary.records / summary.elapsed_s:.2f} rec/s {summary.tags / summary.elapsed_s:.0f} tags/s" if summary.elapsed_s else ""
+        rates = (
+            f"{summary.records / summary.elapsed_s:.2f} rec/s {summary.tags / summary.elapsed_s:.0f} tags/s" if summary.elapsed_s else ""
+        )
         self.bar.update(self.task, completed=summary.records + summary.resumed_records, rates=rates)
 
 
 @app.command()
 def merge(
     files: Annotated[list[Path], typer.Argument(help="JSONL outputs of dtg batch --shard K/N, one per shard.")],
-    output_format: Annotated[str, typer.Option("--format", help="jsonl (the records) or text (each result's line, as dtg batch wrote it).")] = "jsonl",
-    allow_gaps: Annotated[bool, typer.Option("--allow-gaps", help="Merge even when a record is in no file (records skipped as bad).")] = False,
+    output_format: Annotated[
+        str, typer.Option("--format", help="jsonl (the records) or text (each result's line, as dtg batch wrote it).")
+    ] = "jsonl",
+    allow_gaps: Annotated[
+        bool, typer.Option("--allow-gaps", help="Merge even when a record is in no file (records skipped as bad).")
+    ] = False,
 ) -> None:
     """Merge the JSONL outputs of a sharded batch run into one stream on stdout, in input order.
 
@@ -833,9 +875,9 @@ def tags_check(
 
 @tags_app.command("search")
 def tags_search(
-    pattern: Annotated[str, typer.Argument(help="A prefix (\"cat\") or a glob (\"*hair*\", \"cat?ears\"); underscores and spaces match alike.")],
+    pattern: Annotated[str, typer.Argument(help='A prefix ("cat") or a glob ("*hair*", "cat?ears"); underscores and spaces match alike.')],
     limit: Annotated[int, typer.Option("--limit", "-n", help="How many tags to show.")] = 20,
-    category: Annotated[Optional[str], typer.Option(help="Only general, artist, copyright, character or meta tags.")] = None,
+    category: Annotated[str | None, typer.Option(help="Only general, artist, copyright, character or meta tags.")] = None,
     output_format: TableFormat = "table",
 ) -> None:
     """The most used danbooru tags matching PATTERN, with their category and post count.
@@ -856,7 +898,9 @@ def tags_search(
         raise UsageError(f"--category: {category!r} is not one of {', '.join(CATEGORIES.values())}")
     found = database().search(pattern, limit=limit, category=category)
     if output_format == "json":
-        sys.stdout.write(json.dumps([{"tag": t.name, "category": t.category, "posts": t.count} for t in found], ensure_ascii=False, indent=2) + "\n")
+        sys.stdout.write(
+            json.dumps([{"tag": t.name, "category": t.category, "posts": t.count} for t in found], ensure_ascii=False, indent=2) + "\n"
+        )
     elif found:
         from rich.table import Table
 
@@ -901,12 +945,19 @@ def models_list(
         return
     header = ("name", "family", "params", "license", "on disk", "repo")
     table = [header] + [
-        (r["name"], r["family"], r["params"], r["license"] or "see model card", ", ".join(q.upper() for q in r["on_disk"]) or "-", r["repo"])
+        (
+            r["name"],
+            r["family"],
+            r["params"],
+            r["license"] or "see model card",
+            ", ".join(q.upper() for q in r["on_disk"]) or "-",
+            r["repo"],
+        )
         for r in rows
     ]
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     for row in table:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)).rstrip())
 
 
 @models_app.command("pull")
@@ -983,7 +1034,7 @@ def _human(key: str, value) -> str:
 @models_app.command("rm")
 def models_rm(
     name: Annotated[str, typer.Argument(help="A model name (dtg models list).")],
-    quant: Annotated[Optional[str], typer.Option("--quant", "-q", help="Only these (comma-separated); default: every quant.")] = None,
+    quant: Annotated[str | None, typer.Option("--quant", "-q", help="Only these (comma-separated); default: every quant.")] = None,
 ) -> None:
     """Delete a model's GGUF files and print their paths."""
     from convert import parse_quants

@@ -11,10 +11,11 @@ import logging
 import os
 import secrets
 import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from collections import deque
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -702,7 +703,7 @@ class Generator:
             i = wanted.index(False)
             rows[i] = (*rows[i][:3], True)
         finished = []
-        for s, want, logits in zip(members, wanted, context.decode_many(rows)):
+        for s, want, logits in zip(members, wanted, context.decode_many(rows), strict=False):
             s.n_past += 1
             if not want:
                 continue
@@ -822,7 +823,7 @@ def check_conditions(request: Request, prompt_format, model_name: str) -> None:
 
     for condition in request.conditions():
         if condition not in prompt_format.accepts:
-            others = accepting(lambda f: condition in f.accepts)
+            others = accepting(lambda f, c=condition: c in f.accepts)
             raise UsageError(
                 f"{FLAGS[condition]} is not used by {model_name} (prompt format {prompt_format.name}); "
                 f"models that accept it: {', '.join(others) or 'none'}"

@@ -44,7 +44,9 @@ def open_model(
     return generator
 
 
-def generate(tags: str | list[str] = "", *, model: str = DEFAULT_MODEL, quant: str = DEFAULT_QUANT, stream: Stream | None = None, **options: Any) -> list[Result]:
+def generate(
+    tags: str | list[str] = "", *, model: str = DEFAULT_MODEL, quant: str = DEFAULT_QUANT, stream: Stream | None = None, **options: Any
+) -> list[Result]:
     """Generate from one tag list. `options` are `Request.from_options` keywords (rating, length, sampling, ...).
 
     >>> generate("1girl, cat ears", rating="general", length="long", sampling={"seed": 1})[0].tags  # doctest: +SKIP

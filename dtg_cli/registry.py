@@ -94,9 +94,7 @@ def lookup(name: str) -> ModelEntry:
         return models[name]
     close = difflib.get_close_matches(name, list(models), n=3, cutoff=0.5)
     hint = f"did you mean {', '.join(close)}? " if close else ""
-    raise UnknownModelError(
-        f"unknown model {name!r}: {hint}known models: {', '.join(models)}; or pass the path of a .gguf file"
-    )
+    raise UnknownModelError(f"unknown model {name!r}: {hint}known models: {', '.join(models)}; or pass the path of a .gguf file")
 
 
 def accepting(predicate) -> list[str]:

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
-from typing import Any, Mapping
+from typing import Any
 
 from dtg_cli.errors import UsageError
 
@@ -52,9 +53,7 @@ def parse_aspect_ratio(value: str | float | int) -> float:
         elif len(numbers) == 2 and numbers[1] > 0:
             ratio = numbers[0] / numbers[1]
         else:
-            raise UsageError(
-                f"--aspect-ratio: {value!r} is not a name ({', '.join(ASPECT_RATIOS)}), a number or W:H"
-            ) from None
+            raise UsageError(f"--aspect-ratio: {value!r} is not a name ({', '.join(ASPECT_RATIOS)}), a number or W:H") from None
     if not math.isfinite(ratio) or ratio <= 0:
         raise UsageError(f"--aspect-ratio: {value!r} must be a positive width / height")
     return ratio

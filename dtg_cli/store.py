@@ -69,7 +69,9 @@ def pull(entry: ModelEntry, quant: str, progress=None, force: bool = False) -> P
         return download_file(entry.repo, filename, entry.revision)
     from convert import convert
 
-    progress.step(f"{entry.name} is not on disk yet: downloading {entry.repo} from Hugging Face and converting it to {quant.upper()} (once)")
+    progress.step(
+        f"{entry.name} is not on disk yet: downloading {entry.repo} from Hugging Face and converting it to {quant.upper()} (once)"
+    )
     (path,) = convert(entry.repo, models_dir(), [quant], name=entry.name, revision=entry.revision, force=True, progress=progress)
     return path
 

@@ -165,4 +165,3 @@ def parse(text: str) -> tuple[list[Piece], bool]:
         raise UsageError(f"tags: {stack[-1].bracket!r} is never closed {where(stack[-1].at)}")
     webui = webui or any(p.kind != "tag" for p in pieces)
     return pieces, webui
-

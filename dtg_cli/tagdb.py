@@ -23,7 +23,7 @@ import re
 import struct
 import zlib
 from dataclasses import dataclass
-from functools import cached_property, lru_cache
+from functools import cache, cached_property
 from pathlib import Path
 
 import numpy as np
@@ -233,7 +233,7 @@ class TagDatabase:
         return out[:n]
 
 
-@lru_cache(maxsize=None)
+@cache
 def database() -> TagDatabase:
     """The bundled database, opened on first use."""
     return TagDatabase()

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import fnmatch
 import re
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Callable, Collection, Iterable
+from typing import TYPE_CHECKING
 
 from dtg_cli.errors import UsageError
 
@@ -63,13 +64,27 @@ def escape(tag: str) -> str:
 
 CATEGORIES = ("people", "character", "copyright", "artist", "general", "meta", "rating", "quality")
 DEFAULT_TEMPLATE = CATEGORIES
-_CATEGORY_NAMES = {**{c: c for c in CATEGORIES}, "special": "people", "characters": "character", "copyrights": "copyright", "artists": "artist"}
+_CATEGORY_NAMES = {
+    **{c: c for c in CATEGORIES},
+    "special": "people",
+    "characters": "character",
+    "copyrights": "copyright",
+    "artists": "artist",
+}
 ORDERS = ("model", "alpha", "category")
 
 # Rating words, as written in prompts, and the --rating value each one stands for.
 RATING_WORDS = {
     f"{prefix}{word}": rating
-    for word, rating in {"general": "general", "safe": "general", "sfw": "sfw", "sensitive": "sensitive", "questionable": "questionable", "nsfw": "nsfw", "explicit": "explicit"}.items()
+    for word, rating in {
+        "general": "general",
+        "safe": "general",
+        "sfw": "sfw",
+        "sensitive": "sensitive",
+        "questionable": "questionable",
+        "nsfw": "nsfw",
+        "explicit": "explicit",
+    }.items()
     for prefix in ("", "rating:", "rating ")
 }
 # Quality words of the anime image models (none of them is a danbooru tag), and Pony's score tags.
@@ -236,7 +251,10 @@ def read(request: Request, accepts: Collection[str], vocabulary: Collection[str]
         else:
             outside.append(known)
     model_request = replace(
-        request, tags=tuple(fields["general"]), rating=rating, **{f: tuple(fields[f]) for f in ("character", "copyright", "artist", "quality")}
+        request,
+        tags=tuple(fields["general"]),
+        rating=rating,
+        **{f: tuple(fields[f]) for f in ("character", "copyright", "artist", "quality")},
     )
     return Reading(model_request, layout, unknown, outside)
 

@@ -51,8 +51,13 @@ class WordLevelTokenizer:
         self.vocab: dict[str, int] = dict(model["vocab"])
         self.added = [
             AddedToken(
-                int(t["id"]), t["content"], bool(t.get("special", False)), bool(t.get("normalized", not t.get("special", False))),
-                bool(t.get("lstrip", False)), bool(t.get("rstrip", False)), bool(t.get("single_word", False)),
+                int(t["id"]),
+                t["content"],
+                bool(t.get("special", False)),
+                bool(t.get("normalized", not t.get("special", False))),
+                bool(t.get("lstrip", False)),
+                bool(t.get("rstrip", False)),
+                bool(t.get("single_word", False)),
             )
             for t in spec.get("added_tokens") or []
         ]
@@ -151,9 +156,7 @@ class WordLevelTokenizer:
         for m in regex.finditer(text):
             token = by_content[m[0]]
             start, end = m.start(), m.end()
-            if token.single_word and (
-                (start > 0 and _is_word_char(text[start - 1])) or (end < len(text) and _is_word_char(text[end]))
-            ):
+            if token.single_word and ((start > 0 and _is_word_char(text[start - 1])) or (end < len(text) and _is_word_char(text[end]))):
                 continue
             if start < pos:
                 continue

@@ -156,7 +156,9 @@ def write_config(directory: Path, spec: Spec) -> None:
     if spec.architecture != "LlamaForCausalLM":
         config["sliding_window"] = None
     if spec.experts:
-        config.update(num_local_experts=spec.experts, num_experts_per_tok=spec.experts_used, router_aux_loss_coef=0.02, output_router_logits=False)
+        config.update(
+            num_local_experts=spec.experts, num_experts_per_tok=spec.experts_used, router_aux_loss_coef=0.02, output_router_logits=False
+        )
     if spec.architecture == "LlamaForCausalLM":
         config.update(attention_bias=False, mlp_bias=False, pretraining_tp=1, rope_scaling=None)
     (directory / "config.json").write_text(json.dumps(config, indent=2))

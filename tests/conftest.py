@@ -51,7 +51,7 @@ def ggufs(checkpoints, tmp_path_factory) -> dict[str, dict[str, Path]]:
     result = {}
     for kind, directory in checkpoints.items():
         paths = convert(directory, out, ["f16", "q8_0", "q6_k"])
-        result[kind] = dict(zip(["f16", "q8_0", "q6_k"], paths))
+        result[kind] = dict(zip(["f16", "q8_0", "q6_k"], paths, strict=False))
     return result
 
 
@@ -73,7 +73,7 @@ def saved_ggufs(saved_checkpoints, tmp_path_factory) -> dict[str, dict[str, Path
     result = {}
     for kind, directory in saved_checkpoints.items():
         paths = convert(directory, out, ["f16", "q8_0", "q6_k"])
-        result[kind] = dict(zip(["f16", "q8_0", "q6_k"], paths))
+        result[kind] = dict(zip(["f16", "q8_0", "q6_k"], paths, strict=False))
     return result
 
 

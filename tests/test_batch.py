@@ -15,8 +15,6 @@ from tests.test_cli import assert_one_line_error, run
 PROMPTS = ["1girl, solo", "cat ears", "long hair, smile", "no humans, scenery", "2girls, hug", "1boy", "flower", "night, sky"]
 
 
-
-
 def jsonl(path) -> list[dict]:
     return [json.loads(line) for line in open(path, encoding="utf-8")]
 
@@ -110,7 +108,14 @@ def test_jsonl_records_override_options_and_are_reported_resolved(dart, tmp_path
             for r in [
                 {"tags": "1girl", "id": "a"},
                 {"tags": ["cat ears", "smile"], "rating": "explicit", "width": 1216, "height": 832, "num": 2},
-                {"tags": "solo", "character": "hatsune miku", "copyright": ["vocaloid"], "length": "short", "seed": 7, "identity": "strict"},
+                {
+                    "tags": "solo",
+                    "character": "hatsune miku",
+                    "copyright": ["vocaloid"],
+                    "length": "short",
+                    "seed": 7,
+                    "identity": "strict",
+                },
                 {},
             ]
         )
@@ -120,7 +125,14 @@ def test_jsonl_records_override_options_and_are_reported_resolved(dart, tmp_path
     ok(run("batch", src, "-o", out, "-m", dart, "--rating", "general", "--aspect-ratio", "tall", "--max-new-tokens", 5))
     r = jsonl(out)
     assert [(x["id"], x["line"], x["variant"]) for x in r] == [("a", 1, 0), (2, 2, 0), (2, 2, 1), (3, 3, 0), (4, 4, 0)]
-    assert r[0]["conditions"] == {"copyright": [], "character": [], "rating": "general", "aspect_ratio": "tall", "length": "long", "identity": "lax"}
+    assert r[0]["conditions"] == {
+        "copyright": [],
+        "character": [],
+        "rating": "general",
+        "aspect_ratio": "tall",
+        "length": "long",
+        "identity": "lax",
+    }
     assert r[1]["conditions"]["rating"] == "explicit" and r[1]["conditions"]["aspect_ratio"] == "wide"
     assert r[3]["conditions"]["character"] == ["hatsune miku"] and r[3]["conditions"]["copyright"] == ["vocaloid"]
     assert r[3]["conditions"]["length"] == "short" and r[3]["conditions"]["identity"] == "strict"
@@ -135,7 +147,9 @@ def test_jsonl_records_override_options_and_are_reported_resolved(dart, tmp_path
 
 def test_a_record_with_an_id_gives_the_same_result_wherever_it_sits(dart, tmp_path):
     first = write(tmp_path / "a.jsonl", '{"id": "x", "tags": "1girl"}\n{"id": "y", "tags": "cat ears"}\n')
-    moved = write(tmp_path / "b.jsonl", '{"tags": "flower"}\n{"id": "y", "tags": "cat ears"}\n{"tags": "sky"}\n{"id": "x", "tags": "1girl"}\n')
+    moved = write(
+        tmp_path / "b.jsonl", '{"tags": "flower"}\n{"id": "y", "tags": "cat ears"}\n{"tags": "sky"}\n{"id": "x", "tags": "1girl"}\n'
+    )
     a, b = tmp_path / "a.out.jsonl", tmp_path / "b.out.jsonl"
     for src, out in ((first, a), (moved, b)):
         ok(run("batch", src, "-o", out, "-m", dart, "--max-new-tokens", 10, "--seed", 9))

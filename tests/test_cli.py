@@ -99,9 +99,24 @@ def test_unreadable_tokenizer(checkpoint_copy, tmp_path, kind, name, content):
     "kind, name, edit, fragment",
     [
         ("dart-moe", "config.json", lambda text: "{not json", "not a readable JSON file"),
-        ("dart-moe", "config.json", lambda text: text.replace('"rope_theta": 1000.0', '"rope_theta": "fast"'), 'rope_theta must be a number, got "fast"'),
-        ("dart-dense", "config.json", lambda text: text.replace('"rope_theta": 1000.0', '"rope_scaling": {"type": "su", "factor": 2}'), "rope_scaling.type 'su' is not supported"),
-        ("dantaggen", "config.json", lambda text: text.replace('"rope_scaling": null', '"rope_scaling": {"rope_type": "warp"}'), "rope_scaling.rope_type 'warp'"),
+        (
+            "dart-moe",
+            "config.json",
+            lambda text: text.replace('"rope_theta": 1000.0', '"rope_theta": "fast"'),
+            'rope_theta must be a number, got "fast"',
+        ),
+        (
+            "dart-dense",
+            "config.json",
+            lambda text: text.replace('"rope_theta": 1000.0', '"rope_scaling": {"type": "su", "factor": 2}'),
+            "rope_scaling.type 'su' is not supported",
+        ),
+        (
+            "dantaggen",
+            "config.json",
+            lambda text: text.replace('"rope_scaling": null', '"rope_scaling": {"rope_type": "warp"}'),
+            "rope_scaling.rope_type 'warp'",
+        ),
         ("dart-moe", "tokenizer.json", lambda text: '{"model": 5}', "found model 5; dtg needs a WordLevel tokenizer"),
         ("dart-moe", "tokenizer.json", lambda text: '{"model": {"type": "Unigram", "vocab": []}}', "found a Unigram model"),
     ],

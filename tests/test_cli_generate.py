@@ -12,8 +12,6 @@ from tests.test_cli import assert_one_line_error, run
 DART_SFT_REVISION = "167fdb177a6d68e2d4adca0be5f05d21f74e4d41"
 
 
-
-
 def records(result):
     assert result.exit_code == 0, result.stderr
     return json.loads(result.stdout)
@@ -77,14 +75,35 @@ def test_pipeline_one_output_line_per_input_line_in_order(dart):
 
 
 def test_escape(dart):
-    (r,) = records(run("generate", "hatsune miku (cosplay)", "-m", dart, "--seed", 1, "--max-new-tokens", 2, "--format", "json", "--escape"))
+    (r,) = records(
+        run("generate", "hatsune miku (cosplay)", "-m", dart, "--seed", 1, "--max-new-tokens", 2, "--format", "json", "--escape")
+    )
     assert r["tags"][0] == r"hatsune miku \(cosplay\)"
     text = run("generate", "hatsune miku (cosplay)", "-m", dart, "--seed", 1, "--max-new-tokens", 2, "--escape").stdout
     assert text.startswith(r"hatsune miku \(cosplay\)")
 
 
 def test_ban(dart):
-    rs = records(run("generate", "1girl", "-m", dart, "-n", 4, "--seed", 1, "--max-new-tokens", 40, "--ban", "*hair*", "--ban", "re:^(black|white)", "--format", "json"))
+    rs = records(
+        run(
+            "generate",
+            "1girl",
+            "-m",
+            dart,
+            "-n",
+            4,
+            "--seed",
+            1,
+            "--max-new-tokens",
+            40,
+            "--ban",
+            "*hair*",
+            "--ban",
+            "re:^(black|white)",
+            "--format",
+            "json",
+        )
+    )
     new = [t for r in rs for t in r["new_tags"]]
     assert new and not [t for t in new if "hair" in t or t.startswith(("black", "white"))]
 
@@ -147,7 +166,12 @@ def test_dantaggen_gguf_comes_from_the_hub_cache(ggufs):
 
 def test_nothing_cached_offline_says_what_to_download():
     result = run("generate", "1girl", "-m", "dantaggen-gamma")
-    assert_one_line_error(result, "ggml-model-Q8_0.gguf of KBlueLeaf/DanTagGen-gamma", "HF_HUB_OFFLINE", "hf download KBlueLeaf/DanTagGen-gamma ggml-model-Q8_0.gguf")
+    assert_one_line_error(
+        result,
+        "ggml-model-Q8_0.gguf of KBlueLeaf/DanTagGen-gamma",
+        "HF_HUB_OFFLINE",
+        "hf download KBlueLeaf/DanTagGen-gamma ggml-model-Q8_0.gguf",
+    )
     result = run("generate", "1girl")
     assert_one_line_error(result, "p1atdev/dart-v2-moe-sft is not in the Hugging Face cache", f"--revision {DART_SFT_REVISION}")
 
@@ -156,7 +180,10 @@ def test_models_pull_list_info_rm(checkpoints, ggufs, dtg_home):
     fill_hub_cache("p1atdev/dart-v2-sft", checkpoints["dart-dense"], commit="df62d486a9308fde0b4ddbf23742a18f7bc0b8e6")
     pulled = run("models", "pull", "dart-v2-sft", "--quant", "q6_k,f16")
     assert pulled.exit_code == 0, pulled.stderr
-    assert pulled.stdout.splitlines() == [str(dtg_home / "models" / "dart-v2-sft-Q6_K.gguf"), str(dtg_home / "models" / "dart-v2-sft-F16.gguf")]
+    assert pulled.stdout.splitlines() == [
+        str(dtg_home / "models" / "dart-v2-sft-Q6_K.gguf"),
+        str(dtg_home / "models" / "dart-v2-sft-F16.gguf"),
+    ]
     listing = run("models", "list")
     row = next(line for line in listing.stdout.splitlines() if line.startswith("dart-v2-sft "))
     assert "F16, Q6_K" in row and "114M" in row and "see model card" in row
@@ -233,7 +260,9 @@ def test_corrupt_and_missing_gguf(dart, tmp_path):
 
 
 def test_prompt_format_of_the_other_family(dart, dtg):
-    assert_one_line_error(run("generate", "1girl", "-m", dart, "--prompt-format", "dantaggen"), "dart-v2 vocabulary", "dart-v2-sft, dart-v2-base")
+    assert_one_line_error(
+        run("generate", "1girl", "-m", dart, "--prompt-format", "dantaggen"), "dart-v2 vocabulary", "dart-v2-sft, dart-v2-base"
+    )
     assert_one_line_error(run("generate", "1girl", "-m", dtg, "--prompt-format", "dart-v2-sft"), "dantaggen vocabulary")
 
 

@@ -153,7 +153,7 @@ def test_sharded_bf16_checkpoint_converts_like_the_single_file(tmp_path):
     a = convert(single, tmp_path / "a", "f16", name="m")[0]
     b = convert(sharded, tmp_path / "b", "f16", name="m")[0]
     ra, rb = gguf.GGUFReader(str(a)), gguf.GGUFReader(str(b))
-    for ta, tb in zip(ra.tensors, rb.tensors):
+    for ta, tb in zip(ra.tensors, rb.tensors, strict=False):
         assert ta.name == tb.name
         np.testing.assert_array_equal(ta.data, tb.data)
 

@@ -50,7 +50,13 @@ def test_random_seed_is_reported(generators):
 
 
 def test_dart_result_layout(generators):
-    r = run(generators["dart-moe"], "1girl, Cat_Ears, 1girl", character="hatsune miku", copyright="vocaloid", sampling={"seed": 1, "max_new_tokens": 30})[0]
+    r = run(
+        generators["dart-moe"],
+        "1girl, Cat_Ears, 1girl",
+        character="hatsune miku",
+        copyright="vocaloid",
+        sampling={"seed": 1, "max_new_tokens": 30},
+    )[0]
     assert r.input_tags == ["1girl", "cat ears"]
     assert r.tags[:4] == ["hatsune miku", "vocaloid", "1girl", "cat ears"]
     assert r.tags[4:] == r.new_tags

@@ -53,7 +53,9 @@ def test_the_input_is_never_the_output(dart, tmp_path, how):
 def test_stdin_redirected_from_the_output_is_refused(dart, tmp_path):
     out = write(tmp_path / "out.txt", lines_of(5))
     with open(out, "rb") as stdin:
-        done = subprocess.run([*DTG, "batch", "-", "-o", str(out), "-m", str(dart), "--force"], stdin=stdin, capture_output=True, timeout=120)
+        done = subprocess.run(
+            [*DTG, "batch", "-", "-o", str(out), "-m", str(dart), "--force"], stdin=stdin, capture_output=True, timeout=120
+        )
     assert done.returncode == 2 and b"stdin comes from the same file" in done.stderr
     assert out.read_text() == lines_of(5)
 
@@ -327,7 +329,7 @@ def test_a_lone_surrogate_is_a_bad_record(dart, tmp_path):
     ],
 )
 def test_toml_defaults_are_validated_with_their_line(dart, tmp_path, line, fragment):
-    src = write(tmp_path / "in.toml", f"# prompts\n\n[defaults]\n{line}\n\n[[prompt]]\ntags = \"1girl\"\n")
+    src = write(tmp_path / "in.toml", f'# prompts\n\n[defaults]\n{line}\n\n[[prompt]]\ntags = "1girl"\n')
     assert_one_line_error(run("batch", src, "-m", dart), f"{src}:3: [defaults] {fragment}")
 
 
@@ -355,7 +357,9 @@ def test_resume_refuses_output_it_could_not_have_written(ggufs, tmp_path):
     assert_one_line_error(resume_onto(first_three, "-m", dart, "--seed", 1, "--temperature", 0.5), "has sampling")
     far = json.loads(whole.splitlines()[0])
     far["line"] = 500
-    assert_one_line_error(resume_onto(json.dumps(far).encode() + b"\n", "-m", dart, "--seed", 1), "line 500, which is not a record of the input")
+    assert_one_line_error(
+        resume_onto(json.dumps(far).encode() + b"\n", "-m", dart, "--seed", 1), "line 500, which is not a record of the input"
+    )
     garbage = whole.splitlines(keepends=True)[0] + b"not json\n" + whole.splitlines(keepends=True)[2]
     assert_one_line_error(resume_onto(garbage, "-m", dart, "--seed", 1), f"{out}:2: not a dtg batch record")
     out.write_bytes(first_three)
@@ -422,7 +426,9 @@ def test_a_full_stdout_is_one_line(dart, tmp_path, command):
     src = write(tmp_path / "in.txt", lines_of(3))
     args = ["generate", "1girl"] if command == "generate" else ["batch", src]
     with open("/dev/full", "w") as full:
-        done = subprocess.run([*DTG, *map(str, args), "-m", str(dart), "--max-new-tokens", "3"], stdout=full, stderr=subprocess.PIPE, timeout=120)
+        done = subprocess.run(
+            [*DTG, *map(str, args), "-m", str(dart), "--max-new-tokens", "3"], stdout=full, stderr=subprocess.PIPE, timeout=120
+        )
     assert done.returncode == 1
     assert "Traceback" not in done.stderr.decode() and "No space left on device" in done.stderr.decode().strip().splitlines()[-1]
 

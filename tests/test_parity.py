@@ -25,7 +25,7 @@ def parity(checkpoints, ggufs, saved_checkpoints, saved_ggufs):
     results = {}
     for form, directories, files in (("v4", checkpoints, ggufs), ("v5", saved_checkpoints, saved_ggufs)):
         for kind in TINY:
-            for quant, result in zip(files[kind], verify(directories[kind], list(files[kind].values()))):
+            for quant, result in zip(files[kind], verify(directories[kind], list(files[kind].values())), strict=False):
                 results[form, kind, quant] = result
     return results
 
@@ -138,7 +138,15 @@ def test_dantaggen_prompts_tokenize_in_llama_cpp_like_hf(checkpoints, ggufs):
             ("safe", "", "", "", 1.0, "<|long|>", "1girl, solo"),
             ("<|empty|>", "<|empty|>", "<|empty|>", "<|empty|>", 0.6, "<|very_short|>", ""),
             ("nsfw", "wlop", "ganyu (genshin impact)", "genshin impact", 1.8, "<|very_long|>", "1girl, :d, ^^^, \\(cosplay\\)"),
-            ("general", "ke-ta, kantoku", "hatsune miku, kagamine rin", "vocaloid", 0.7, "<|short|>", "2girls, multiple girls, café, 日本語"),
+            (
+                "general",
+                "ke-ta, kantoku",
+                "hatsune miku, kagamine rin",
+                "vocaloid",
+                0.7,
+                "<|short|>",
+                "2girls, multiple girls, café, 日本語",
+            ),
         ]:
             lines = [f"quality: {quality}"] if quality else []
             lines += [f"rating: {rating}", f"artist: {artist or '<|empty|>'}", f"characters: {character or '<|empty|>'}"]
@@ -190,9 +198,10 @@ def test_settings_that_change_the_forward_pass_convert_with_parity(tmp_path, kin
 
 def test_verify_fails_a_wrong_conversion_with_a_nonzero_exit(saved_checkpoints, tmp_path, monkeypatch):
     """`dtg convert --verify` on a converter that drops the rope base, as the one before rope_parameters did."""
+    from typer.testing import CliRunner
+
     import convert.config
     from dtg_cli.cli import app
-    from typer.testing import CliRunner
 
     original = convert.config._rope
     monkeypatch.setattr(convert.config, "_rope", lambda *args: (10000.0, original(*args)[1]))

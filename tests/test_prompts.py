@@ -142,7 +142,15 @@ def test_dantaggen_defaults_and_no_people_count():
 
 
 @pytest.mark.parametrize(
-    "rating,word", [("sfw", "safe"), ("general", "safe"), ("sensitive", "sensitive"), ("questionable", "nsfw"), ("nsfw", "nsfw"), ("explicit", "explicit")]
+    "rating,word",
+    [
+        ("sfw", "safe"),
+        ("general", "safe"),
+        ("sensitive", "sensitive"),
+        ("questionable", "nsfw"),
+        ("nsfw", "nsfw"),
+        ("explicit", "explicit"),
+    ],
 )
 def test_dantaggen_rating_words(rating, word):
     assert f"\nrating: {word}\n" in "\n" + build(DTG, "1girl", rating=rating)
@@ -155,7 +163,9 @@ def test_dantaggen_targets(length, target):
     assert f"target: <|{target}|>" in build(DTG, "1girl", length=length)
 
 
-@pytest.mark.parametrize("aspect,text", [("ultra_tall", "0.5"), ("tall", "0.7"), ("square", "1.0"), ("wide", "1.5"), ("ultra_wide", "2.0"), ("4:3", "1.3")])
+@pytest.mark.parametrize(
+    "aspect,text", [("ultra_tall", "0.5"), ("tall", "0.7"), ("square", "1.0"), ("wide", "1.5"), ("ultra_wide", "2.0"), ("4:3", "1.3")]
+)
 def test_dantaggen_aspect_ratio_format(aspect, text):
     assert f"aspect ratio: {text}\n" in build(DTG, "1girl", aspect_ratio=aspect)
 

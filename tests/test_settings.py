@@ -109,7 +109,10 @@ def test_registry_lists_every_released_model():
         ("[models.x]\nrepo = 'a/b'", "missing"),
         ("[models.x]\nrepo='a/b'\nfamily='f'\nprompt='nope'\narchitecture='a'\nparams='1'\ngguf='convert'", "unknown prompt format 'nope'"),
         ("[models.x]\nrepo='a/b'\nfamily='f'\nprompt='dantaggen'\narchitecture='a'\nparams='1'\ngguf='copy'", "gguf must be one of"),
-        ("[models.x]\nrepo='a/b'\nfamily='f'\nprompt='dantaggen'\narchitecture='a'\nparams='1'\ngguf='convert'\ncolour='red'", "unknown key colour"),
+        (
+            "[models.x]\nrepo='a/b'\nfamily='f'\nprompt='dantaggen'\narchitecture='a'\nparams='1'\ngguf='convert'\ncolour='red'",
+            "unknown key colour",
+        ),
         ("models = [", "not valid TOML"),
     ],
 )

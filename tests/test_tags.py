@@ -24,7 +24,15 @@ def test_parse_keeps_weights_networks_and_break():
     assert webui
     assert pieces[1] == Piece("tag", "masterpiece", (Emphasis("(", "1.2"),))
     assert pieces[6] == Piece("network", "<lora:style:0.8>") and pieces[7] == Piece("break", "BREAK")
-    assert [p.text for p in pieces if p.kind == "tag"] == ["hatsune_miku", "masterpiece", "vocaloid", "1girl", "/lh", "cat ears", "looking at viewer"]
+    assert [p.text for p in pieces if p.kind == "tag"] == [
+        "hatsune_miku",
+        "masterpiece",
+        "vocaloid",
+        "1girl",
+        "/lh",
+        "cat ears",
+        "looking at viewer",
+    ]
 
 
 @pytest.mark.parametrize(
@@ -61,7 +69,13 @@ def test_a_group_over_several_tags_weights_each():
 
 @pytest.mark.parametrize(
     "text,message",
-    [("(cat ears", "never closed"), ("cat ears)", "unbalanced"), ("()", "no tag inside"), ("(:1.2)", "weight with no tag"), ("[a)", "unbalanced")],
+    [
+        ("(cat ears", "never closed"),
+        ("cat ears)", "unbalanced"),
+        ("()", "no tag inside"),
+        ("(:1.2)", "weight with no tag"),
+        ("[a)", "unbalanced"),
+    ],
 )
 def test_parse_errors(text, message):
     with pytest.raises(UsageError, match=message):
@@ -139,7 +153,9 @@ def test_dantaggen_prompt_from_a_pasted_web_ui_prompt():
 
 
 def test_no_auto_gives_every_tag_as_general():
-    assert prompt("dantaggen", "hatsune miku, solo, 1girl", auto=False).endswith("characters: <|empty|>\ncopyrights: <|empty|>\naspect ratio: 0.7\ntarget: <|long|>\ngeneral: 1girl, hatsune miku, solo<|input_end|>")
+    assert prompt("dantaggen", "hatsune miku, solo, 1girl", auto=False).endswith(
+        "characters: <|empty|>\ncopyrights: <|empty|>\naspect ratio: 0.7\ntarget: <|long|>\ngeneral: 1girl, hatsune miku, solo<|input_end|>"
+    )
 
 
 def test_flags_win_over_the_list():
@@ -282,7 +298,12 @@ def test_bad_tag_syntax_is_a_one_line_error(dart):
 
 def test_batch_keeps_syntax_and_takes_auto_per_record(dart, tmp_path):
     src = tmp_path / "p.jsonl"
-    src.write_text(json.dumps({"tags": "(hatsune miku:1.1), 1girl, <lora:a:1>"}) + "\n" + json.dumps({"tags": "hatsune miku, 1girl", "auto": False}) + "\n")
+    src.write_text(
+        json.dumps({"tags": "(hatsune miku:1.1), 1girl, <lora:a:1>"})
+        + "\n"
+        + json.dumps({"tags": "hatsune miku, 1girl", "auto": False})
+        + "\n"
+    )
     out = tmp_path / "o.jsonl"
     result = run("batch", src, "-o", out, "-m", dart, "--max-new-tokens", 3)
     assert result.exit_code == 0, result.stderr

@@ -65,8 +65,31 @@ def varied_texts(count: int) -> list[str]:
     import random
 
     rng = random.Random(7)
-    words = ["hatsune miku", "(vocaloid)", "1girl", "cat ears", "café", "日本語", "Ünïcödé", "ß", "ﬁ", "😀", "🎉✨",
-             "\u200b", "x", "don't", "a-b_c", "\\(cosplay\\)", "^^^", ":d", "İΣ", "1.5", "zzz", "...", "ok"]
+    words = [
+        "hatsune miku",
+        "(vocaloid)",
+        "1girl",
+        "cat ears",
+        "café",
+        "日本語",
+        "Ünïcödé",
+        "ß",
+        "ﬁ",
+        "😀",
+        "🎉✨",
+        "\u200b",
+        "x",
+        "don't",
+        "a-b_c",
+        "\\(cosplay\\)",
+        "^^^",
+        ":d",
+        "İΣ",
+        "1.5",
+        "zzz",
+        "...",
+        "ok",
+    ]
     gaps = [" ", "  ", "   ", "\n", "\t", "\n\n", " \t", ", ", ",  ", "\r\n", "\u3000", ""]
     texts = []
     for _ in range(count):
