@@ -73,7 +73,7 @@ def ensure_model(workdir: Path, name: str) -> tuple[Path, Path]:
         build_checkpoint(checkpoint, spec)
     gguf = workdir / f"{name}-Q8_0.gguf"
     if not gguf.is_file():
-        from convert import convert
+        from dtg_cli.convert import convert
 
         print(f"converting {name} to Q8_0", file=sys.stderr)
         convert(checkpoint, workdir, ["q8_0"], name=name)

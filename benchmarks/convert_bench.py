@@ -20,10 +20,8 @@ from tests.checkpoints import DANTAGGEN, DART_DENSE, DART_MOE, build_checkpoint
 
 MODELS = {"dart-moe": DART_MOE, "dart-dense": DART_DENSE, "dantaggen": DANTAGGEN}
 
-STEP_F16 = (
-    "from convert.hf_to_gguf import SourceInfo, write_gguf_f16; import sys; write_gguf_f16(sys.argv[1], sys.argv[2], SourceInfo('bench'))"
-)
-STEP_QUANT = "from convert.quantize import quantize; import sys; from pathlib import Path; quantize(Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3])"
+STEP_F16 = "from dtg_cli.convert.hf_to_gguf import SourceInfo, write_gguf_f16; import sys; write_gguf_f16(sys.argv[1], sys.argv[2], SourceInfo('bench'))"
+STEP_QUANT = "from dtg_cli.convert.quantize import quantize; import sys; from pathlib import Path; quantize(Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3])"
 
 
 PEAK = "\nimport re; print(re.search(r'VmHWM:\\s+(\\d+) kB', open('/proc/self/status').read())[1])"

@@ -89,7 +89,7 @@ def main() -> None:
         build_checkpoint(checkpoint, DART_MOE)
     gguf = workdir / "dart-moe-Q8_0.gguf"
     if not gguf.is_file():
-        from convert import convert
+        from dtg_cli.convert import convert
 
         print("converting it to Q8_0", file=sys.stderr)
         convert(checkpoint, workdir, ["q8_0"], name="dart-moe")

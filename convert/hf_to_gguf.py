@@ -9,9 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
-from convert.config import ModelConfig
-from convert.safetensors import SafetensorsCheckpoint
-from convert.vocab import SentencePieceVocab, WordLevelVocab, load_vocab
+from dtg_cli.convert.config import ModelConfig
+from dtg_cli.convert.safetensors import SafetensorsCheckpoint
+from dtg_cli.convert.vocab import SentencePieceVocab, WordLevelVocab, load_vocab
 from dtg_cli.errors import CheckpointError
 
 # One tensor-progress callback: (gguf tensor name, index starting at 1, total).

@@ -9,10 +9,11 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from convert.hf_to_gguf import SourceInfo, read_license, write_gguf_f16
-from convert.quantize import FILE_SUFFIXES, QUANTS, quantize
+from dtg_cli.convert.hf_to_gguf import SourceInfo, read_license, write_gguf_f16
+from dtg_cli.convert.quantize import quantize
 from dtg_cli.errors import DtgError, UsageError
 from dtg_cli.hub import download_checkpoint, looks_like_repo_id
+from dtg_cli.quants import FILE_SUFFIXES, QUANTS, parse_quants
 
 log = logging.getLogger("dtg")
 
@@ -23,20 +24,6 @@ class ConvertProgress:
     def step(self, description: str, total: int | None = None) -> None: ...
 
     def advance(self, done: int) -> None: ...
-
-
-def parse_quants(value: str | Sequence[str]) -> list[str]:
-    """'f16,q8_0' -> ['f16', 'q8_0'], validated, in the order given, without repeats."""
-    items = value.split(",") if isinstance(value, str) else list(value)
-    quants: list[str] = []
-    for item in (i.strip().lower() for i in items):
-        if item not in QUANTS:
-            raise UsageError(f"unknown quant {item!r}; choose from {', '.join(QUANTS)}")
-        if item not in quants:
-            quants.append(item)
-    if not quants:
-        raise UsageError(f"no quant given; choose from {', '.join(QUANTS)}")
-    return quants
 
 
 @contextlib.contextmanager

@@ -9,11 +9,7 @@ from pathlib import Path
 
 from dtg_cli import llama
 from dtg_cli.errors import DtgError
-
-# GGUF general.file_type values (llama_ftype) of the formats dtg writes.
-FILE_TYPES = {"f16": 1, "q8_0": 7, "q6_k": 18}
-FILE_SUFFIXES = {"f16": "F16", "q8_0": "Q8_0", "q6_k": "Q6_K"}
-QUANTS = tuple(FILE_TYPES)  # ("f16", "q8_0", "q6_k")
+from dtg_cli.quants import FILE_TYPES
 
 
 def quantize(src: Path, dst: Path, quant: str, threads: int | None = None) -> None:

@@ -200,13 +200,13 @@ def convert(
 
     Hub downloads honour HF_HUB_OFFLINE, HF_TOKEN, HF_ENDPOINT and HF_HOME.
     """
-    from convert import convert as run_convert
-    from convert import parse_quants
+    from dtg_cli.convert import convert as run_convert
+    from dtg_cli.quants import parse_quants
 
     _setup_logging(verbose)
     quants = parse_quants(quant)
     if verify:
-        from convert.verify import require_reference
+        from dtg_cli.convert.verify import require_reference
 
         require_reference()  # fail before the work, not after it
     with _StderrProgress() as progress:
@@ -218,7 +218,7 @@ def convert(
 
 
 def _verify(src: str, paths: list[Path], revision: str | None, threads: int | None) -> None:
-    from convert.verify import verify
+    from dtg_cli.convert.verify import verify
     from dtg_cli.hub import download_checkpoint, looks_like_repo_id
 
     directory = Path(src) if Path(src).is_dir() else download_checkpoint(src, revision) if looks_like_repo_id(src) else Path(src)
@@ -817,7 +817,8 @@ def tags_check(
     import json
 
     from dtg_cli.errors import UsageError
-    from dtg_cli.store import parse_quant, tag_vocabulary
+    from dtg_cli.quants import parse_quant
+    from dtg_cli.store import tag_vocabulary
     from dtg_cli.syntax import parse
     from dtg_cli.tagdb import database
     from dtg_cli.tags import identify, model_form
@@ -968,7 +969,7 @@ def models_pull(
     verbose: Verbose = False,
 ) -> None:
     """Download a model (Dart v2: download and convert to GGUF) and print the file's path."""
-    from convert import parse_quants
+    from dtg_cli.quants import parse_quants
     from dtg_cli.registry import lookup
     from dtg_cli.store import pull
 
@@ -991,8 +992,9 @@ def models_info(
     from dataclasses import asdict
 
     from dtg_cli.errors import UsageError
+    from dtg_cli.quants import parse_quant
     from dtg_cli.registry import is_model_name, lookup
-    from dtg_cli.store import gguf_info, on_disk, parse_quant
+    from dtg_cli.store import gguf_info, on_disk
 
     if output_format not in ("text", "json"):
         raise UsageError(f"--format: {output_format!r} is not one of text, json")
@@ -1037,7 +1039,7 @@ def models_rm(
     quant: Annotated[str | None, typer.Option("--quant", "-q", help="Only these (comma-separated); default: every quant.")] = None,
 ) -> None:
     """Delete a model's GGUF files and print their paths."""
-    from convert import parse_quants
+    from dtg_cli.quants import parse_quants
     from dtg_cli.registry import lookup
     from dtg_cli.store import QUANTS, remove
 

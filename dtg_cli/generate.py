@@ -7,8 +7,9 @@ from typing import Any
 from dtg_cli.engine import Generator, Result, Stream, check_conditions
 from dtg_cli.errors import UsageError
 from dtg_cli.prompts import FORMATS
+from dtg_cli.quants import DEFAULT_QUANT, parse_quant
 from dtg_cli.settings import Request
-from dtg_cli.store import DEFAULT_QUANT, locate, parse_quant
+from dtg_cli.store import locate
 
 DEFAULT_MODEL = "dart-v2-moe-sft"
 

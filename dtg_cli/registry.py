@@ -10,6 +10,7 @@ from importlib import resources
 from pathlib import Path
 
 from dtg_cli.errors import DtgError
+from dtg_cli.quants import FILE_SUFFIXES
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -39,13 +40,15 @@ class ModelEntry:
         """The file name of one quantization in the repo (download) or in dtg's cache (convert)."""
         if self.gguf == "download":
             return {"f16": "ggml-model-f16.gguf", "q8_0": "ggml-model-Q8_0.gguf", "q6_k": "ggml-model-Q6_K.gguf"}[quant]
-        from convert.quantize import FILE_SUFFIXES
-
         return f"{self.name}-{FILE_SUFFIXES[quant]}.gguf"
 
 
 def _default_path():
-    return resources.files("dtg_cli").joinpath("models.toml")
+    """models.toml inside the installed package, or at the root of a source checkout."""
+    installed = resources.files("dtg_cli").joinpath("models.toml")
+    if installed.is_file():
+        return installed
+    return Path(__file__).resolve().parent.parent / "models.toml"
 
 
 def parse_registry(text: str, source: str = "models.toml") -> dict[str, ModelEntry]:

@@ -13,11 +13,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from convert.quantize import QUANTS
-from dtg_cli.errors import DtgError, ModelFileError, UsageError
+from dtg_cli.errors import DtgError, ModelFileError
+from dtg_cli.quants import DEFAULT_QUANT, FILE_TYPES, QUANTS
 from dtg_cli.registry import ModelEntry, is_model_name, lookup
-
-DEFAULT_QUANT = "q8_0"
 
 
 def dtg_home() -> Path:
@@ -36,13 +34,6 @@ def models_dir() -> Path:
     return dtg_home() / "models"
 
 
-def parse_quant(value: str) -> str:
-    quant = value.strip().lower()
-    if quant not in QUANTS:
-        raise UsageError(f"--quant: {value!r} is not one of {', '.join(QUANTS)}")
-    return quant
-
-
 def on_disk(entry: ModelEntry, quant: str) -> Path | None:
     """The GGUF of `entry` in `quant` if it is already here (no network)."""
     if entry.gguf == "download":
@@ -55,7 +46,7 @@ def on_disk(entry: ModelEntry, quant: str) -> Path | None:
 
 def pull(entry: ModelEntry, quant: str, progress=None, force: bool = False) -> Path:
     """Make the GGUF of `entry` in `quant` available locally and return its path."""
-    from convert.pipeline import ConvertProgress
+    from dtg_cli.convert.pipeline import ConvertProgress
 
     progress = progress or ConvertProgress()
     found = None if force else on_disk(entry, quant)
@@ -67,7 +58,7 @@ def pull(entry: ModelEntry, quant: str, progress=None, force: bool = False) -> P
         filename = entry.gguf_filename(quant)
         progress.step(f"downloading {filename} of {entry.repo} from Hugging Face")
         return download_file(entry.repo, filename, entry.revision)
-    from convert import convert
+    from dtg_cli.convert import convert
 
     progress.step(
         f"{entry.name} is not on disk yet: downloading {entry.repo} from Hugging Face and converting it to {quant.upper()} (once)"
@@ -147,8 +138,6 @@ def _gguf_reader(path: Path):
 
 def gguf_info(path: Path) -> dict:
     """What a GGUF says about itself: architecture, sizes, vocabulary, quantization, source."""
-    from convert.quantize import FILE_TYPES
-
     reader = _gguf_reader(path)
 
     def value(key: str):

@@ -45,7 +45,7 @@ def checkpoints(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def ggufs(checkpoints, tmp_path_factory) -> dict[str, dict[str, Path]]:
     """Each checkpoint converted to F16, Q8_0 and Q6_K: {kind: {quant: path}}."""
-    from convert import convert
+    from dtg_cli.convert import convert
 
     out = tmp_path_factory.mktemp("gguf")
     result = {}
@@ -67,7 +67,7 @@ def saved_checkpoints(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def saved_ggufs(saved_checkpoints, tmp_path_factory) -> dict[str, dict[str, Path]]:
     """Each transformers-saved checkpoint converted to F16, Q8_0 and Q6_K: {kind: {quant: path}}."""
-    from convert import convert
+    from dtg_cli.convert import convert
 
     out = tmp_path_factory.mktemp("saved-gguf")
     result = {}

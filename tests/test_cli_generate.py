@@ -129,7 +129,7 @@ def test_every_condition_reaches_the_prompt(dart, dtg):
 
 
 def test_prompt_format_is_detected_from_the_source_repo(checkpoints, tmp_path):
-    from convert import convert
+    from dtg_cli.convert import convert
 
     fill_hub_cache("p1atdev/dart-v2-moe-base", checkpoints["dart-moe"])
     (path,) = convert("p1atdev/dart-v2-moe-base", tmp_path, ["f16"])

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from convert.config import ModelConfig
+from dtg_cli.convert.config import ModelConfig
 from dtg_cli.errors import CheckpointError
 
 PATH = Path("config.json")

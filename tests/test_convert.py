@@ -5,8 +5,8 @@ import gguf
 import numpy as np
 import pytest
 
-from convert import convert, parse_quants
-from convert.hf_to_gguf import permute_for_rope
+from dtg_cli.convert import convert, parse_quants
+from dtg_cli.convert.hf_to_gguf import permute_for_rope
 from dtg_cli.errors import CheckpointError, DtgError, UsageError
 from dtg_cli.tokenizer import WordLevelTokenizer
 from tests.checkpoints import TINY
@@ -56,7 +56,7 @@ def test_tensor_types_and_expert_stacking(ggufs):
 
 
 def test_stacked_experts_hold_each_expert_in_order(checkpoints, ggufs):
-    from convert.safetensors import SafetensorsCheckpoint
+    from dtg_cli.convert.safetensors import SafetensorsCheckpoint
 
     ckpt = SafetensorsCheckpoint(checkpoints["dart-moe"])
     reader = gguf.GGUFReader(str(ggufs["dart-moe"]["f16"]))
@@ -111,7 +111,7 @@ def test_existing_output_needs_force(checkpoints, tmp_path):
 
 
 def test_interrupted_quantization_leaves_no_gguf(checkpoints, tmp_path, monkeypatch):
-    import convert.pipeline as module
+    import dtg_cli.convert.pipeline as module
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt

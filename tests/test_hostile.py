@@ -397,7 +397,7 @@ def test_ctrl_c_during_quantization_stops_with_130_and_leaves_nothing(tmp_path):
 
 
 def test_a_rerun_finishes_what_a_killed_run_left(checkpoints, tmp_path):
-    from convert import convert
+    from dtg_cli.convert import convert
 
     out = tmp_path / "out"
     convert(checkpoints["dart-dense"], out, "q8_0", name="m")

@@ -20,7 +20,7 @@ MAX_MEAN_KL = {"f16": 1e-4, "q8_0": 0.01, "q6_k": 0.1}
 def parity(checkpoints, ggufs, saved_checkpoints, saved_ggufs):
     """{(form, kind, quant): Parity}: form "v4" is config.json as the 2024 repos have it, written by hand;
     "v5" is what the installed transformers' save_pretrained writes."""
-    from convert.verify import verify
+    from dtg_cli.convert.verify import verify
 
     results = {}
     for form, directories, files in (("v4", checkpoints, ggufs), ("v5", saved_checkpoints, saved_ggufs)):
@@ -54,7 +54,7 @@ def test_the_saved_checkpoints_are_in_the_transformers_5_form(saved_checkpoints)
 
 def test_fixture_distributions_are_peaked(checkpoints):
     """The random weights give logits with a range of tens, so the parity thresholds mean something."""
-    from convert.verify import reference_logits, verification_prompt
+    from dtg_cli.convert.verify import reference_logits, verification_prompt
 
     for kind, directory in checkpoints.items():
         logits = reference_logits(directory, verification_prompt(directory))
@@ -66,8 +66,8 @@ def test_mish_checkpoint_differs_from_its_silu_gguf(checkpoint_copy, tmp_path):
     """DanTagGen's config says mish; llama.cpp computes SiLU. --verify must show the difference, not hide it."""
     import json
 
-    from convert import convert
-    from convert.verify import verify
+    from dtg_cli.convert import convert
+    from dtg_cli.convert.verify import verify
 
     directory = checkpoint_copy("dantaggen")
     config = json.loads((directory / "config.json").read_text())
@@ -186,8 +186,8 @@ def test_quantized_models_load_and_decode_in_a_fresh_process(ggufs):
     ],
 )
 def test_settings_that_change_the_forward_pass_convert_with_parity(tmp_path, kind, overrides):
-    from convert import convert
-    from convert.verify import verify
+    from dtg_cli.convert import convert
+    from dtg_cli.convert.verify import verify
     from tests.checkpoints import save_with_transformers
 
     directory = save_with_transformers(tmp_path / "ckpt", TINY[kind], seed=2, **overrides)
@@ -200,17 +200,17 @@ def test_verify_fails_a_wrong_conversion_with_a_nonzero_exit(saved_checkpoints, 
     """`dtg convert --verify` on a converter that drops the rope base, as the one before rope_parameters did."""
     from typer.testing import CliRunner
 
-    import convert.config
+    import dtg_cli.convert.config
     from dtg_cli.cli import app
 
-    original = convert.config._rope
-    monkeypatch.setattr(convert.config, "_rope", lambda *args: (10000.0, original(*args)[1]))
+    original = dtg_cli.convert.config._rope
+    monkeypatch.setattr(dtg_cli.convert.config, "_rope", lambda *args: (10000.0, original(*args)[1]))
     done = CliRunner().invoke(app, ["convert", str(saved_checkpoints["dart-moe"]), "-o", str(tmp_path), "-q", "f16", "--verify"])
     assert done.exit_code == 1, done.output
     assert "FAILED" in done.output and "computes a different function" in done.output
     assert (tmp_path / "dart-moe-F16.gguf").is_file()
 
-    monkeypatch.setattr(convert.config, "_rope", original)
+    monkeypatch.setattr(dtg_cli.convert.config, "_rope", original)
     done = CliRunner().invoke(app, ["convert", str(saved_checkpoints["dart-moe"]), "-o", str(tmp_path), "-q", "f16", "--verify", "--force"])
     assert done.exit_code == 0, done.output
     assert "FAILED" not in done.output and ": ok" in done.output

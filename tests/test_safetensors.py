@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from convert.safetensors import SafetensorsCheckpoint
+from dtg_cli.convert.safetensors import SafetensorsCheckpoint
 from dtg_cli.errors import CheckpointError
 from tests.checkpoints import to_bytes
 

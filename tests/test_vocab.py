@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from convert.vocab import BYTE, CONTROL, UNKNOWN, UNUSED, WordLevelVocab, load_vocab, read_sentencepiece_model
+from dtg_cli.convert.vocab import BYTE, CONTROL, UNKNOWN, UNUSED, WordLevelVocab, load_vocab, read_sentencepiece_model
 from dtg_cli.errors import CheckpointError
 from tests.checkpoints import DANTAGGEN_ADDED_TOKENS, DATA
 
@@ -131,7 +131,7 @@ def test_the_spacing_llama_cpp_cannot_express_is_real_and_reported(saved_checkpo
     """transformers 5 adds no "▁" before text that starts with a space; llama.cpp does, as SentencePiece did."""
     from transformers import AutoTokenizer
 
-    from convert import convert
+    from dtg_cli.convert import convert
     from dtg_cli.llama import Model
 
     reference = AutoTokenizer.from_pretrained(str(saved_checkpoints["dantaggen"]))
@@ -147,7 +147,7 @@ def test_a_tokenizer_without_legacy_spacing_is_reported(saved_checkpoints, tmp_p
     """Without "legacy": true, transformers 5 puts no "▁" after special tokens; llama.cpp cannot do that."""
     import shutil
 
-    from convert import convert
+    from dtg_cli.convert import convert
 
     directory = Path(shutil.copytree(saved_checkpoints["dantaggen"], tmp_path / "ckpt"))
     config = json.loads((directory / "tokenizer_config.json").read_text())
