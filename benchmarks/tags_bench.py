@@ -24,7 +24,9 @@ PROMPT = "hatsune_miku, (masterpiece:1.2), vocaloid, 1girl, /lh, cat ears, <lora
 _PROBE = """
 import json, time
 import dtg_cli.engine  # imported by generate before it reads the prompt (numpy with it)
-from dtg_cli.prompts import FORMATS
+from dtg_cli.families import formats
+
+FORMATS = formats()
 from dtg_cli.settings import Request
 from dtg_cli.tags import read
 from dtg_cli.tagdb import database

@@ -241,12 +241,18 @@ _OUTPUT = "Output"
 
 
 def _family_default(name: str) -> str:
-    from dtg_cli.settings import FAMILY_SAMPLING
+    from dtg_cli.families import FAMILIES
 
-    values = {family: getattr(s, name) for family, s in FAMILY_SAMPLING.items()}
+    values = {family.name: getattr(family.sampling, name) for family in FAMILIES}
     if len(set(values.values())) == 1:
         return str(next(iter(values.values())))
     return ", ".join(f"{family} {value}" for family, value in values.items())
+
+
+def _format_names() -> str:
+    from dtg_cli.families import formats
+
+    return ", ".join(formats())
 
 
 # Options of the commands that generate (generate, batch), declared once.
@@ -255,7 +261,7 @@ Quant = Annotated[str, typer.Option("--quant", "-q", help="f16, q8_0 or q6_k.", 
 PromptFormat = Annotated[
     str | None,
     typer.Option(
-        help="Prompt format for a .gguf file dtg cannot identify: dart-v2-sft, dart-v2-base, dantaggen, dantaggen-delta.",
+        help=f"Prompt format for a .gguf file dtg cannot identify: {_format_names()}.",
         rich_help_panel=_MODEL,
     ),
 ]

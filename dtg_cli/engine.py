@@ -1,12 +1,12 @@
 """Generation: a loaded GGUF, its tokenizer and prompt format, a sampler, and the decoding loop.
 
-The engine knows no model family: the prompt format builds the text, the tokenizer turns generated ids
-into tags, and the sampler draws from the logits.
+The engine knows no model family by name: it asks the `Family` that reads the GGUF for its tokenizer,
+prompt formats, sampling defaults and continuation rule; the prompt format builds the text, the tokenizer
+turns generated ids into tags, and the sampler draws from the logits.
 """
 
 from __future__ import annotations
 
-import codecs
 import logging
 import os
 import secrets
@@ -19,127 +19,12 @@ from typing import Any
 
 import numpy as np
 
-from dtg_cli.errors import DtgError, ModelFileError, UsageError
-from dtg_cli.prompts import FLAGS, FORMATS, Prompt
-from dtg_cli.settings import FAMILY_SAMPLING, Request, Sampling
+from dtg_cli.errors import DtgError, UsageError
+from dtg_cli.families import detect, formats
+from dtg_cli.settings import FLAGS, Request, Sampling
 from dtg_cli.tags import Layout, Reading, Style, compile_bans, read, render
 
 log = logging.getLogger("dtg")
-
-MAX_RETRIES = 3  # DanTagGen continuations when a result is shorter than its length target
-
-
-# --- tokenizers -------------------------------------------------------------------------------------
-
-
-class _Tokenizer:
-    """What both kinds of vocabulary share: a `Prompt` becomes ids with only its format's control tokens as
-    control tokens; every other piece of it is tokenized as text (`_text_ids`)."""
-
-    def __init__(self):
-        self._control_ids: dict[str, int] = {}
-
-    def encode(self, text: str) -> list[int]:
-        """Ids of a `Prompt`, or of any text with its special tokens read as such."""
-        if not isinstance(text, Prompt):
-            return self._special_text_ids(text)
-        ids = self._start_ids()
-        for part, control in text.parts:
-            ids += [self.control_id(part)] if control else self._text_ids(part)
-        return ids
-
-    def control_id(self, text: str) -> int:
-        """The id of a control token such as `<|input_end|>`, which the model's vocabulary must have."""
-        if text not in self._control_ids:
-            idx = self.token_id(text)
-            if idx is None:
-                raise ModelFileError(f"the model's vocabulary has no {text} token, which its prompt format needs (--prompt-format)")
-            self._control_ids[text] = idx
-        return self._control_ids[text]
-
-    def token_id(self, text: str) -> int | None:
-        raise NotImplementedError
-
-    def _start_ids(self) -> list[int]:
-        return []
-
-    def _text_ids(self, text: str) -> list[int]:
-        raise NotImplementedError
-
-    def _special_text_ids(self, text: str) -> list[int]:
-        raise NotImplementedError
-
-
-class WordTokenizer(_Tokenizer):
-    """Dart v2's word-level vocabulary (one token per tag), read from the GGUF's tokenizer.json."""
-
-    def __init__(self, json_text: str):
-        from dtg_cli.tokenizer import WordLevelTokenizer
-
-        super().__init__()
-        self.inner = WordLevelTokenizer.from_json(json_text)
-        special = self.inner.special_ids
-        self.tag_of = {i: t for i, t in self.inner.id_to_token.items() if i not in special}
-        self.vocabulary = frozenset(self.tag_of.values())
-
-    def _text_ids(self, text: str) -> list[int]:
-        # A piece that spells a special token is an unknown tag (<|unk|>).
-        return self.inner.encode(text, parse_special=False)
-
-    def _special_text_ids(self, text: str) -> list[int]:
-        return self.inner.encode(text)
-
-    def token_id(self, text: str) -> int | None:
-        return self.inner.token_to_id.get(text)
-
-    def tag_decoder(self) -> Callable[[int | None], list[str]]:
-        def feed(token: int | None) -> list[str]:
-            tag = self.tag_of.get(token) if token is not None else None
-            return [tag] if tag is not None else []
-
-        return feed
-
-
-class PieceTokenizer(_Tokenizer):
-    """A SentencePiece model tokenized by llama.cpp (DanTagGen); the model writes comma-separated text."""
-
-    vocabulary = None
-    tag_of = None
-
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-
-    # Each run of a prompt's text is tokenized on its own. llama.cpp's tokenization of the whole prompt
-    # string does the same between control tokens (a "▁" starts the text after each), so a prompt whose user
-    # text spells no control token gets exactly the ids of the whole string, as the author's runtime sends it.
-    def _start_ids(self) -> list[int]:
-        return self.model.tokenize("", add_special=True, parse_special=False)  # BOS
-
-    def _text_ids(self, text: str) -> list[int]:
-        return self.model.tokenize(text, add_special=False, parse_special=False)
-
-    def _special_text_ids(self, text: str) -> list[int]:
-        return self.model.tokenize(text, add_special=True, parse_special=True)
-
-    def token_id(self, text: str) -> int | None:
-        ids = self.model.tokenize(text, add_special=False, parse_special=True)
-        return ids[0] if len(ids) == 1 else None
-
-    def tag_decoder(self) -> Callable[[int | None], list[str]]:
-        """Feed ids; get back each tag once the comma after it arrives. Feed None at the end for the rest."""
-        decoder = codecs.getincrementaldecoder("utf-8")("replace")
-        pending = [""]
-
-        def feed(token: int | None) -> list[str]:
-            if token is None:
-                text, pending[0] = pending[0] + decoder.decode(b"", final=True), ""
-                return [" ".join(t.split()) for t in text.split(",") if t.strip()]
-            pending[0] += decoder.decode(self.model.piece(token))
-            *done, pending[0] = pending[0].split(",")
-            return [" ".join(t.split()) for t in done if t.strip()]
-
-        return feed
 
 
 # --- sampling ---------------------------------------------------------------------------------------
@@ -391,23 +276,17 @@ class Generator:
         self.model = llama.Model(path, n_gpu_layers=n_gpu_layers)
         self.name = name or Path(path).stem
         self.threads = threads
-        if self.model.has_text_vocab:
-            self.tokenizer = PieceTokenizer(self.model)
-        else:
-            text = self.model.metadata("tokenizer.huggingface.json")
-            if text is None:
-                raise ModelFileError(f"{path}: no tokenizer in this GGUF (neither a llama.cpp vocabulary nor tokenizer.huggingface.json)")
-            self.tokenizer = WordTokenizer(text)
-        self.format = FORMATS[prompt_format or detect_prompt_format(self.model, self.tokenizer)]
-        family = "dart-v2" if isinstance(self.tokenizer, WordTokenizer) else "dantaggen"
-        if self.format.family != family:
+        self.family = detect(self.model.header, path)
+        self.tokenizer = self.family.tokenizer(self.model)
+        self.format = formats()[prompt_format or detect_prompt_format(self.model, self.family)]
+        if self.format.family != self.family.name:
             self.close()
             raise UsageError(
                 f"prompt format {self.format.name} is for {self.format.family} models, but {Path(path).name} "
-                f"has a {family} vocabulary; choose one of {', '.join(n for n, f in FORMATS.items() if f.family == family)}"
+                f"has a {self.family.name} vocabulary; choose one of {', '.join(f.name for f in self.family.formats)}"
             )
         self.stop_ids = {i for i in (self.tokenizer.token_id(t) for t in self.format.stop) if i is not None}
-        self.defaults = FAMILY_SAMPLING[self.format.family]
+        self.defaults = self.family.sampling
         self.context = None
         self._head: tuple[int, ...] | None = None  # the prompt head held by the context's last sequence
         self._heads: dict[Request, list[int]] = {}  # `_head_of`, by conditions
@@ -770,8 +649,8 @@ class Generator:
             if p.maximum is None or len(p.general) + len(s.new_tags) < p.maximum:
                 self._keep(s, tag, stream)
         s.stop = stop
-        if stop == "eos" and len(p.general) + len(s.new_tags) < p.minimum and len(s.continuations) < MAX_RETRIES:
-            # DanTagGen stopped short of its length target: continue from everything so far.
+        if stop == "eos" and len(p.general) + len(s.new_tags) < p.minimum and len(s.continuations) < self.family.max_retries:
+            # Stopped short of its length's minimum: continue from everything so far.
             more_prompt = self.format.build(p.request, p.general + s.new_tags)
             more_ids = self.tokenizer.encode(more_prompt)
             if len(more_ids) + 1 < context.n_ctx:
@@ -830,7 +709,7 @@ def check_conditions(request: Request, prompt_format, model_name: str) -> None:
             )
 
 
-def detect_prompt_format(model, tokenizer) -> str:
+def detect_prompt_format(model, family) -> str:
     """Which prompt a GGUF expects, from what it records of its source; see `--prompt-format` to choose."""
     from dtg_cli.registry import registry
 
@@ -838,13 +717,6 @@ def detect_prompt_format(model, tokenizer) -> str:
     hints.append(model.path.name)
     text = " ".join(hints).lower()
     for entry in registry().values():
-        if entry.repo.lower() in text:
+        if entry.repo.lower() in text and entry.family == family.name:
             return entry.prompt
-    if isinstance(tokenizer, WordTokenizer):
-        return "dart-v2-base" if "base" in text and "sft" not in text else "dart-v2-sft"
-    if "delta" in text:
-        return "dantaggen-delta"
-    if any(v in text for v in ("alpha", "beta", "gamma")):
-        return "dantaggen"
-    log.warning(f"{model.path.name}: cannot tell which DanTagGen version this is; using the delta prompt (--prompt-format to choose)")
-    return "dantaggen-delta"
+    return family.guess_format(text, model.path.name)

@@ -6,7 +6,7 @@ from typing import Any
 
 from dtg_cli.engine import Generator, Result, Stream, check_conditions
 from dtg_cli.errors import UsageError
-from dtg_cli.prompts import FORMATS
+from dtg_cli.families import formats
 from dtg_cli.quants import DEFAULT_QUANT, parse_quant
 from dtg_cli.settings import Request
 from dtg_cli.store import locate
@@ -30,13 +30,13 @@ def open_model(
     downloaded or loaded.
     """
     quant = parse_quant(quant)
-    if prompt_format is not None and prompt_format not in FORMATS:
-        raise UsageError(f"--prompt-format: {prompt_format!r} is not one of {', '.join(FORMATS)}")
+    if prompt_format is not None and prompt_format not in formats():
+        raise UsageError(f"--prompt-format: {prompt_format!r} is not one of {', '.join(formats())}")
     from dtg_cli.registry import is_model_name, lookup
 
     if request is not None and is_model_name(model):
         entry = lookup(model)
-        check_conditions(request, FORMATS[prompt_format or entry.prompt], entry.name)
+        check_conditions(request, formats()[prompt_format or entry.prompt], entry.name)
     located = locate(model, quant, progress)
     prompt_format = prompt_format or (located.entry.prompt if located.entry else None)
     generator = Generator(located.path, name=located.name, prompt_format=prompt_format, n_gpu_layers=n_gpu_layers, threads=threads)

@@ -59,7 +59,8 @@ class Model:
             raise ModelFileError(f"{self.path}: no such model file")
         from dtg_cli.gguf_header import check_hyperparameters, read_metadata
 
-        check_hyperparameters(self.path, read_metadata(self.path))
+        self.header = read_metadata(self.path)  # the GGUF's metadata, as read before llama.cpp loads it
+        check_hyperparameters(self.path, self.header)
         params = lib.llama_model_default_params()
         params.n_gpu_layers = n_gpu_layers
         # llama.cpp's extra buffer types repack quantized weights for AMX on Intel CPUs that have it, and

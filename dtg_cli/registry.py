@@ -53,8 +53,9 @@ def _default_path():
 
 def parse_registry(text: str, source: str = "models.toml") -> dict[str, ModelEntry]:
     """Parse and validate a registry; every problem is reported with the model it concerns."""
-    from dtg_cli.prompts import FORMATS
+    from dtg_cli.families import FAMILIES, formats
 
+    known_formats = formats()
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
@@ -78,8 +79,10 @@ def parse_registry(text: str, source: str = "models.toml") -> dict[str, ModelEnt
             raise DtgError(f"{source}: models.{name}: every value must be a string")
         if table["gguf"] not in GGUF_SOURCES:
             raise DtgError(f"{source}: models.{name}: gguf must be one of {', '.join(GGUF_SOURCES)}")
-        if table["prompt"] not in FORMATS:
-            raise DtgError(f"{source}: models.{name}: unknown prompt format {table['prompt']!r} (known: {', '.join(FORMATS)})")
+        if table["prompt"] not in known_formats:
+            raise DtgError(f"{source}: models.{name}: unknown prompt format {table['prompt']!r} (known: {', '.join(known_formats)})")
+        if known_formats[table["prompt"]].family != table["family"] or table["family"] not in {f.name for f in FAMILIES}:
+            raise DtgError(f"{source}: models.{name}: prompt format {table['prompt']} is not one of family {table['family']!r}")
         entries[name] = ModelEntry(name=name, **table)
     return entries
 
@@ -102,9 +105,10 @@ def lookup(name: str) -> ModelEntry:
 
 def accepting(predicate) -> list[str]:
     """Names of the registered models whose prompt format satisfies `predicate`."""
-    from dtg_cli.prompts import FORMATS
+    from dtg_cli.families import formats
 
-    return [e.name for e in registry().values() if predicate(FORMATS[e.prompt])]
+    known_formats = formats()
+    return [e.name for e in registry().values() if predicate(known_formats[e.prompt])]
 
 
 def is_model_name(model: str) -> bool:

@@ -1,7 +1,7 @@
 """What a generation asks for: one typed object shared by the CLI, batch files and Python callers.
 
 `Request` holds the tags, the conditions and the sampling settings, validates every value when it is
-built, and knows nothing about any model. Per-family sampling defaults live here too.
+built, and knows nothing about any model. Each family's sampling defaults are in its module.
 """
 
 from __future__ import annotations
@@ -26,6 +26,49 @@ DEFAULT_RATING = "sfw"
 DEFAULT_LENGTH = "long"
 DEFAULT_IDENTITY = "lax"
 DEFAULT_ASPECT_RATIO = ASPECT_RATIOS["tall"]
+
+
+# Condition name -> the flag that sets it, for messages.
+FLAGS = {
+    "copyright": "--copyright",
+    "character": "--character",
+    "artist": "--artist",
+    "quality": "--quality",
+    "rating": "--rating",
+    "aspect_ratio": "--aspect-ratio",
+    "length": "--length",
+    "identity": "--identity",
+}
+
+
+class Control(str):
+    """A control token that a prompt format writes, such as `<|bos|>` or `<|input_end|>`."""
+
+
+class Prompt(str):
+    """A prompt's text that remembers which of its pieces are the format's control tokens.
+
+    Only those become control tokens. Everything else, the user's tags and conditions included, is
+    tokenized as text, so that a tag such as `<|rating:explicit|>` or `</s>` can never act as one.
+    `parts` holds (text, is_control) with adjacent text joined, the way a tokenizer that splits on control
+    tokens first would see it.
+    """
+
+    parts: tuple[tuple[str, bool], ...]
+
+    def __new__(cls, *pieces: str) -> Prompt:
+        parts: list[tuple[str, bool]] = []
+        for piece in pieces:
+            control = isinstance(piece, Control)
+            if not piece:
+                continue
+            if parts and not control and not parts[-1][1]:
+                parts[-1] = (parts[-1][0] + piece, False)
+            else:
+                parts.append((str(piece), control))
+        prompt = super().__new__(cls, "".join(text for text, _ in parts))
+        prompt.parts = tuple(parts)
+        return prompt
 
 
 def _choice(value: str, choices: tuple[str, ...], flag: str) -> str:
@@ -61,7 +104,7 @@ def parse_aspect_ratio(value: str | float | int) -> float:
 
 @dataclass(frozen=True)
 class Sampling:
-    """Sampling settings. None means the model family's default (`FAMILY_SAMPLING`)."""
+    """Sampling settings. None means the model family's default (`Family.sampling`)."""
 
     temperature: float | None = None  # 0: greedy
     top_p: float | None = None  # 1: off
@@ -100,13 +143,6 @@ class Sampling:
     def with_defaults(self, defaults: Sampling) -> Sampling:
         """These settings with every unset value taken from `defaults`."""
         return replace(self, **{f.name: getattr(defaults, f.name) for f in fields(self) if getattr(self, f.name) is None})
-
-
-# Per family: the dartrs library's defaults for Dart v2, the author's runner's for DanTagGen (REFERENCE.md).
-FAMILY_SAMPLING = {
-    "dart-v2": Sampling(temperature=1.0, top_p=1.0, top_k=100, min_p=0.0, max_new_tokens=256),
-    "dantaggen": Sampling(temperature=1.35, top_p=0.95, top_k=100, min_p=0.0, max_new_tokens=512),
-}
 
 
 @dataclass(frozen=True)

@@ -182,15 +182,17 @@ def gguf_info(path: Path) -> dict:
 
 
 def tag_vocabulary(model: str, quant: str = DEFAULT_QUANT) -> tuple[str, frozenset[str] | None, str | None]:
-    """(name, tags, why not) for `dtg tags check`: the tags a Dart model's vocabulary holds, read from its
-    GGUF on disk (never downloaded for this). `tags` is None for DanTagGen, whose SentencePiece
-    vocabulary reads any text, and when no file of the model is on disk; `why not` then says which."""
-    from dtg_cli.engine import WordTokenizer
+    """(name, tags, why not) for `dtg tags check`: the tags a one-token-per-tag model (Dart v2) can read,
+    from its GGUF on disk (never downloaded for this). `tags` is None for a model that reads any text
+    (DanTagGen's SentencePiece) and when no file of the model is on disk; `why not` then says which."""
+    from dtg_cli import families
+    from dtg_cli.gguf_header import read_metadata
 
+    any_text = "reads any text (SentencePiece), so it has no tag list to check against"
     if is_model_name(model):
         entry = lookup(model)
-        if entry.family != "dart-v2":
-            return entry.name, None, f"{entry.name} reads any text (SentencePiece), so it has no tag list to check against"
+        if families.named(entry.family).reads_any_text:
+            return entry.name, None, f"{entry.name} {any_text}"
         path = on_disk(entry, quant) or next((p for q in QUANTS if (p := on_disk(entry, q)) is not None), None)
         if path is None:
             return entry.name, None, f"{entry.name} is not on disk, so its vocabulary is not checked: dtg models pull {entry.name}"
@@ -200,8 +202,8 @@ def tag_vocabulary(model: str, quant: str = DEFAULT_QUANT) -> tuple[str, frozens
         if not path.is_file():
             raise ModelFileError(f"{path}: no such model file")
         name = path.stem
-    field = _gguf_reader(path).get_field("tokenizer.huggingface.json")
-    text = field.contents() if field is not None else None
-    if text is None:
-        return name, None, f"{name} reads any text (SentencePiece), so it has no tag list to check against"
-    return name, WordTokenizer(text).vocabulary, None
+    metadata = read_metadata(path)
+    vocabulary = families.detect(metadata, path).tag_vocabulary(metadata)
+    if vocabulary is None:
+        return name, None, f"{name} {any_text}"
+    return name, vocabulary, None

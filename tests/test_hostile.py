@@ -107,16 +107,16 @@ def test_dantaggen_user_text_never_becomes_a_control_token(dtg):
 def test_plain_prompts_keep_the_ids_of_the_whole_prompt_string(dtg, prompt_format):
     """Tokenizing between the format's control tokens gives llama.cpp's ids for the whole string, as the
     author's runtime sends it, whenever the user's text spells no control token."""
-    from dtg_cli.engine import PieceTokenizer
+    from dtg_cli.families import formats
     from dtg_cli.llama import Model
-    from dtg_cli.prompts import FORMATS
     from dtg_cli.settings import Request
+    from dtg_cli.tokenizers import TextTokenizer
 
     rng = random.Random(3)
     words = ["1girl", "solo", "cat ears", "hatsune miku", "vocaloid", "(cosplay)", "café", "日本語", "^^^", ":d", "x", "no humans"]
-    fmt = FORMATS[prompt_format]
+    fmt = formats()[prompt_format]
     with Model(dtg, n_gpu_layers=0) as model:
-        tokenizer = PieceTokenizer(model)
+        tokenizer = TextTokenizer(model)
         for _ in range(60):
             pick = lambda: ", ".join(rng.sample(words, rng.randint(0, 3)))  # noqa: E731
             request = Request.from_options(
@@ -128,13 +128,13 @@ def test_plain_prompts_keep_the_ids_of_the_whole_prompt_string(dtg, prompt_forma
 
 
 def test_dart_plain_prompts_keep_their_ids(dart):
-    from dtg_cli.engine import WordTokenizer
-    from dtg_cli.prompts import FORMATS
+    from dtg_cli.families import formats
     from dtg_cli.settings import Request
     from dtg_cli.tokenizer import HF_JSON_KEY, read_gguf_string
+    from dtg_cli.tokenizers import TagTokenizer
 
-    tokenizer = WordTokenizer(read_gguf_string(dart, HF_JSON_KEY))
-    for fmt in (FORMATS["dart-v2-sft"], FORMATS["dart-v2-base"]):
+    tokenizer = TagTokenizer(read_gguf_string(dart, HF_JSON_KEY))
+    for fmt in (formats()["dart-v2-sft"], formats()["dart-v2-base"]):
         for tags, copyright in [("1girl, cat ears", "vocaloid"), ("", None), ("solo, unknown tag zz", "a, b")]:
             request = Request.from_options(tags, copyright=copyright, character="hatsune miku")
             prompt = fmt.build(request, list(request.tags))

@@ -6,9 +6,12 @@ has the real model's special tokens in the real order.
 
 import pytest
 
-from dtg_cli.prompts import FORMATS, dart_aspect_bucket
+from dtg_cli.families import formats
+from dtg_cli.families.dart_v2 import dart_aspect_bucket
 from dtg_cli.settings import Request
 from dtg_cli.tags import read
+
+FORMATS = formats()
 
 SFT, BASE = FORMATS["dart-v2-sft"], FORMATS["dart-v2-base"]
 DTG, DELTA = FORMATS["dantaggen"], FORMATS["dantaggen-delta"]

@@ -1,8 +1,9 @@
 import pytest
 
 from dtg_cli.errors import UsageError
+from dtg_cli.families import named
 from dtg_cli.registry import parse_registry, registry
-from dtg_cli.settings import FAMILY_SAMPLING, Request, Sampling, parse_aspect_ratio
+from dtg_cli.settings import Request, Sampling, parse_aspect_ratio
 from dtg_cli.tags import compile_bans, escape, split_tags
 
 
@@ -59,7 +60,7 @@ def test_request_keeps_conditions_and_lists_them():
 
 
 def test_sampling_defaults_fill_only_what_is_unset():
-    s = Sampling(temperature=0.5).with_defaults(FAMILY_SAMPLING["dantaggen"])
+    s = Sampling(temperature=0.5).with_defaults(named("dantaggen").sampling)
     assert (s.temperature, s.top_p, s.top_k, s.max_new_tokens, s.seed) == (0.5, 0.95, 100, 512, None)
 
 

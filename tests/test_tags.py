@@ -5,12 +5,14 @@ import json
 import pytest
 
 from dtg_cli.errors import UsageError
-from dtg_cli.prompts import FORMATS
+from dtg_cli.families import formats
 from dtg_cli.settings import Request
 from dtg_cli.syntax import Emphasis, Piece, parse
 from dtg_cli.tags import Style, escape, identify, parse_template, read, render
 from tests.checkpoints import dart_vocab
 from tests.test_cli import assert_one_line_error, run
+
+FORMATS = formats()
 
 PASTED = "hatsune_miku, (masterpiece:1.2), vocaloid, 1girl, /lh, cat ears, <lora:style:0.8>, BREAK, looking at viewer"
 DART_VOCAB = frozenset(dart_vocab())

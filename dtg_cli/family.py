@@ -1,0 +1,100 @@
+"""What a model family is to dtg: the interface every family module implements, and the prompt it builds.
+
+A family (Dart v2, DanTagGen, ...) says how it is recognised in a GGUF, which tokenizer reads it, its
+prompt formats (the conditions each accepts, the prompt text and its control tokens, the stop tokens,
+the tag counts a length means), how short results are continued, and its sampling defaults. The engine,
+the store, batch and the CLI ask the family; none of them tests which family it is.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from dtg_cli.settings import Request, Sampling
+    from dtg_cli.tokenizers import Tokenizer
+
+
+class Control(str):
+    """A control token that a prompt format writes, such as `<|bos|>` or `<|input_end|>`."""
+
+
+class Prompt(str):
+    """A prompt's text that remembers which of its pieces are the format's control tokens.
+
+    Only those become control tokens. Everything else, the user's tags and conditions included, is
+    tokenized as text, so that a tag such as `<|rating:explicit|>` or `</s>` can never act as one.
+    `parts` holds (text, is_control) with adjacent text joined, the way a tokenizer that splits on control
+    tokens first would see it.
+    """
+
+    parts: tuple[tuple[str, bool], ...]
+
+    def __new__(cls, *pieces: str) -> Prompt:
+        parts: list[tuple[str, bool]] = []
+        for piece in pieces:
+            control = isinstance(piece, Control)
+            if not piece:
+                continue
+            if parts and not control and not parts[-1][1]:
+                parts[-1] = (parts[-1][0] + piece, False)
+            else:
+                parts.append((str(piece), control))
+        prompt = super().__new__(cls, "".join(text for text, _ in parts))
+        prompt.parts = tuple(parts)
+        return prompt
+
+
+class PromptFormat(Protocol):
+    """One prompt layout of a family, registered by name (`--prompt-format`)."""
+
+    name: str
+    family: str
+    stop: tuple[str, ...]  # control tokens that end a result
+
+    @property
+    def accepts(self) -> frozenset[str]:
+        """The conditions (Request fields) this format has a place for."""
+        ...
+
+    def build(self, request: Request, general: list[str]) -> Prompt:
+        """The exact model input for `request` with these general tags (also used to continue a result)."""
+        ...
+
+    def conditions(self, request: Request) -> dict:
+        """The conditions as the prompt states them, defaults included."""
+        ...
+
+    def tag_count_range(self, length: str | None) -> tuple[int, int | None]:
+        """(minimum, maximum) general tags in a result, input included; below the minimum a result is
+        continued (up to the family's `max_retries`), at the maximum it stops."""
+        ...
+
+
+class Family(ABC):
+    """A model family: one module under `dtg_cli/families/`, listed in `dtg_cli.families.FAMILIES`."""
+
+    name: str
+    formats: tuple[PromptFormat, ...]
+    sampling: Sampling  # the family's defaults for every sampling setting
+    max_retries: int = 0  # continuations of a result that stops below its length's minimum
+    reads_any_text: bool = True  # False for a one-token-per-tag vocabulary (`tag_vocabulary`)
+
+    @abstractmethod
+    def reads(self, metadata: dict[str, Any]) -> bool:
+        """Whether a GGUF with this metadata (`dtg_cli.gguf_header.read_metadata`) is of this family."""
+
+    @abstractmethod
+    def tokenizer(self, model) -> Tokenizer:
+        """The tokenizer for a loaded model (`dtg_cli.llama.Model`) of this family."""
+
+    def tag_vocabulary(self, metadata: dict[str, Any]) -> frozenset[str] | None:
+        """Every tag the model can read, for a one-token-per-tag vocabulary; None when it reads any text.
+        A family that overrides this sets `reads_any_text` to False."""
+        return None
+
+    def guess_format(self, hints: str, path_name: str) -> str:
+        """The prompt format of a GGUF the registry does not know, from what it records of its source
+        (`hints`, lower case). The default is the family's first format."""
+        return self.formats[0].name
