@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from dtg_cli.errors import UsageError
+from dtg_cli.tags import compile_bans, split_tags
 
 RATINGS = ("sfw", "general", "sensitive", "nsfw", "questionable", "explicit")
 LENGTHS = ("very_short", "short", "medium", "long", "very_long")
@@ -146,8 +147,6 @@ class Request:
             raise UsageError(f"--auto: {self.auto!r} must be true or false")
         if isinstance(self.num, bool) or not isinstance(self.num, int) or not 1 <= self.num <= 1000:
             raise UsageError(f"--num: {self.num!r} must be an integer between 1 and 1000")
-        from dtg_cli.tags import compile_bans
-
         compile_bans(self.ban)  # a bad pattern is an error now, not after the model has loaded
 
     def conditions(self) -> list[str]:
@@ -168,8 +167,6 @@ class Request:
     ) -> Request:
         """Build a request from loose values: comma-separated strings or lists for tag fields, width and
         height instead of an aspect ratio, sampling as a mapping. Raises UsageError on anything invalid."""
-        from dtg_cli.tags import split_tags
-
         if (width is None) != (height is None):
             raise UsageError("--width and --height go together")
         if width is not None:

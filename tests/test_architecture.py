@@ -1,0 +1,70 @@
+"""The package's shape: imports point one way, from low-level modules up to the CLI, with no cycles."""
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    if parts[0] == "convert":  # installed as dtg_cli.convert
+        parts = ("dtg_cli", *parts)
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join(parts)
+
+
+def runtime_imports(path: Path) -> set[str]:
+    """The dtg_cli modules a file imports when it runs (imports under `if TYPE_CHECKING:` left out)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    skipped = {
+        id(inner)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.If) and getattr(node.test, "id", None) == "TYPE_CHECKING"
+        for inner in ast.walk(node)
+    }
+    found = set()
+    for node in ast.walk(tree):
+        if id(node) in skipped:
+            continue
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+            found |= {f"{node.module}.{a.name}" for a in node.names}
+    return {name for name in found if name.startswith("dtg_cli")}
+
+
+def test_no_import_cycles():
+    files = [*ROOT.glob("dtg_cli/**/*.py"), *ROOT.glob("convert/*.py")]
+    modules = {module_name(p): p for p in files}
+    graph = {}
+    for name, path in modules.items():
+        targets = set()
+        for imported in runtime_imports(path):
+            while imported and imported not in modules:
+                imported = imported.rpartition(".")[0]
+            if imported and imported != name and not name.startswith(imported + "."):  # a package's own __init__
+                targets.add(imported)
+        graph[name] = targets
+
+    cycles = []
+
+    def visit(node, path):
+        for nxt in graph[node]:
+            if nxt in path:
+                cycles.append(path[path.index(nxt) :] + [nxt])
+            elif len(path) < len(graph):
+                visit(nxt, path + [nxt])
+
+    for start in graph:
+        visit(start, [start])
+    assert cycles == []
+
+
+def test_the_cli_is_imported_by_nothing_in_the_library():
+    for path in [*ROOT.glob("dtg_cli/**/*.py"), *ROOT.glob("convert/*.py")]:
+        if module_name(path) in ("dtg_cli.cli", "dtg_cli.__main__"):
+            continue
+        assert "dtg_cli.cli" not in runtime_imports(path), path
