@@ -7,7 +7,10 @@ each seed, one `dtg generate` process and one Python process that loads the same
 transformers and samples as many new tokens with the same settings. For both it reports the median
 wall time of the whole process (start to exit), the median generation rate (new tokens per second of
 decoding, from inside the process) and the peak resident memory of the process (rusage maxrss).
-Random weights: this measures speed, not the quality of the tags.
+
+Start-up: the median wall time of `dtg --version` and `dtg --help` processes, and of a `dtg generate`
+process that makes one new token, which is the time from the process's start to its first token (plus
+its exit). Random weights: this measures speed, not the quality of the tags.
 """
 
 from __future__ import annotations
@@ -140,6 +143,19 @@ def main() -> None:
         f"dtg is {medians['transformers'][0] / medians['dtg'][0]:.1f}x faster per process and "
         f"{medians['dtg'][1] / medians['transformers'][1]:.1f}x faster per generated token"
     )
+
+    generate_one = [*dtg_command, "generate", TAGS, "--model", str(gguf), "--max-new-tokens", "1", "--threads", str(args.threads)]
+    startup = {
+        "dtg --version": [*dtg_command, "--version"],
+        "dtg --help": [*dtg_command, "--help"],
+        "dtg generate, 1 new token (to the first token)": generate_one,
+    }
+    print(f"start-up, median wall s of {args.runs} processes each:")
+    for label, command in startup.items():
+        walls = [
+            run_and_measure([*command, *(["--seed", str(seed)] if "generate" in command else [])])[0] for seed in range(1, args.runs + 1)
+        ]
+        print(f"  {label:<48} {statistics.median(walls):6.3f}")
 
 
 if __name__ == "__main__":

@@ -9,32 +9,57 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.markup import escape
 from typer.core import TyperGroup
 
 from dtg_cli import __version__
 from dtg_cli.errors import DtgError
 
-err = Console(stderr=True, highlight=False, emoji=False)
+
+class _LazyConsole:
+    """rich's Console for stderr, made on first use: importing rich.console costs about 40 ms, which a
+    command that prints nothing on stderr (--version, most --help) need not pay."""
+
+    _console = None
+
+    def real(self):
+        """The Console itself, for rich widgets that take one (Progress, Live)."""
+        if _LazyConsole._console is None:
+            from rich.console import Console  # start-up: see the class docstring
+
+            _LazyConsole._console = Console(stderr=True, highlight=False, emoji=False)
+        return _LazyConsole._console
+
+    def __getattr__(self, name):
+        return getattr(self.real(), name)
+
+
+err = _LazyConsole()
+
+
+def _stdout_console():
+    from rich.console import Console  # start-up: see _LazyConsole
+
+    return Console(highlight=False, emoji=False)
+
+
+def escape(text: str) -> str:
+    """rich markup escaping, imported when first needed (start-up)."""
+    from rich.markup import escape as rich_escape
+
+    return rich_escape(text)
 
 
 def _usage_errors() -> tuple[type[Exception], ...]:
-    """Click's usage error class: typer vendors its own copy of click from 0.24 on."""
-    classes = []
+    """Click's usage error class: typer vendors its own copy of click from 0.24 on, and then raises only
+    that one (importing upstream click as well would cost about 20 ms of start-up)."""
     try:
         from typer._click.exceptions import UsageError as vendored
 
-        classes.append(vendored)
+        return (vendored,)
     except ImportError:
-        pass
-    try:
         from click.exceptions import UsageError as upstream
 
-        classes.append(upstream)
-    except ImportError:
-        pass
-    return tuple(classes)
+        return (upstream,)
 
 
 _USAGE_ERRORS = _usage_errors()
@@ -154,7 +179,7 @@ class _StderrProgress:
 
         self.live = err.is_terminal
         self.bar = Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=err, transient=True
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=err.real(), transient=True
         )
         self.task = None
 
@@ -488,6 +513,8 @@ class _Output:
     """Results on stdout: text lines (tags streamed live on a terminal), a JSON array, or JSON lines."""
 
     def __init__(self, kind: str, style):
+        from rich.console import Console  # start-up: see _LazyConsole
+
         self.kind = kind
         self.style = style
         self.console = Console(highlight=False, soft_wrap=True, emoji=False)
@@ -743,7 +770,7 @@ class _BatchProgress:
             total = len(range(k, count, n))
         self.bar = Progress(
             TextColumn("records"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rates]}"),
-            TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=err, transient=True,
+            TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=err.real(), transient=True,
         )  # fmt: skip
         self.task = self.bar.add_task("batch", total=total, rates="")
 
@@ -875,7 +902,7 @@ def tags_check(
             tag = escape(r["tag"]) if not r["unknown"] else f"[red]{escape(r['tag'])}[/] (unknown)"
             posts = f"{r['posts']:,}" if r["posts"] is not None else ""
             table.add_row(escape(r["input"]), tag, r["category"], posts, knows, escape(", ".join(r["suggestions"])))
-        Console(highlight=False, emoji=False).print(table)
+        _stdout_console().print(table)
     if any(r["unknown"] or r["model_knows"] is False for r in rows):
         raise typer.Exit(1)
 
@@ -917,7 +944,7 @@ def tags_search(
         table.add_column("posts", justify="right")
         for t in found:
             table.add_row(escape(t.name), t.category, f"{t.count:,}")
-        Console(highlight=False, emoji=False).print(table)
+        _stdout_console().print(table)
     if not found:
         err.print(f"no tag matches {escape(repr(pattern))}", soft_wrap=True)
         raise typer.Exit(1)
