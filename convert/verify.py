@@ -170,6 +170,6 @@ def verify(checkpoint: Path, gguf_paths: list[Path], token_ids: list[int] | None
 
 
 def _file_type(path: Path) -> int:
-    import gguf
+    from dtg_cli.gguf_header import read_metadata
 
-    return int(gguf.GGUFReader(str(path)).get_field("general.file_type").contents())
+    return int(read_metadata(path)["general.file_type"])

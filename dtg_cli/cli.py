@@ -1026,27 +1026,21 @@ def models_info(
 
     from dtg_cli.errors import UsageError
     from dtg_cli.quants import parse_quant
-    from dtg_cli.registry import is_model_name, lookup
-    from dtg_cli.store import gguf_info, on_disk
+    from dtg_cli.store import gguf_info, on_disk, resolve
 
     if output_format not in ("text", "json"):
         raise UsageError(f"--format: {output_format!r} is not one of text, json")
     info: dict = {}
-    if is_model_name(model):
-        entry = lookup(model)
+    entry = resolve(model)
+    if isinstance(entry, Path):
+        info["file"] = gguf_info(entry)
+    else:
         info["model"] = {k: v for k, v in asdict(entry).items() if v is not None}
         path = on_disk(entry, parse_quant(quant))
         if path is None:
             info["file"] = f"not on disk (dtg models pull {entry.name} --quant {quant})"
         else:
             info["file"] = gguf_info(path)
-    else:
-        path = Path(model).expanduser()
-        if not path.is_file():
-            from dtg_cli.errors import ModelFileError
-
-            raise ModelFileError(f"{path}: no such model file")
-        info["file"] = gguf_info(path)
     if output_format == "json":
         print(json.dumps(info, indent=2))
         return

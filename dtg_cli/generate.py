@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from dtg_cli.engine import Generator, Result, Stream, check_conditions
@@ -9,7 +10,7 @@ from dtg_cli.errors import UsageError
 from dtg_cli.families import formats
 from dtg_cli.quants import DEFAULT_QUANT, parse_quant
 from dtg_cli.settings import Request
-from dtg_cli.store import locate
+from dtg_cli.store import locate, resolve
 
 DEFAULT_MODEL = "dart-v2-moe-sft"
 
@@ -32,10 +33,7 @@ def open_model(
     quant = parse_quant(quant)
     if prompt_format is not None and prompt_format not in formats():
         raise UsageError(f"--prompt-format: {prompt_format!r} is not one of {', '.join(formats())}")
-    from dtg_cli.registry import is_model_name, lookup
-
-    if request is not None and is_model_name(model):
-        entry = lookup(model)
+    if request is not None and not isinstance(entry := resolve(model), Path):
         check_conditions(request, formats()[prompt_format or entry.prompt], entry.name)
     located = locate(model, quant, progress)
     prompt_format = prompt_format or (located.entry.prompt if located.entry else None)

@@ -32,31 +32,94 @@ class _Truncated(Exception):
     pass
 
 
+# Bytes per block and elements per block of the ggml types dtg writes or reads (ggml.h's type table).
+_TYPE_SIZES = {0: (4, 1), 1: (2, 1), 8: (34, 32), 14: (210, 256), 30: (2, 1)}  # F32, F16, Q8_0, Q6_K, BF16
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    name: str
+    shape: tuple[int, ...]
+    ggml_type: int
+    offset: int  # from the start of the tensor data
+
+    @property
+    def n_bytes(self) -> int | None:
+        size = _TYPE_SIZES.get(self.ggml_type)
+        return None if size is None else self.n_elements // size[1] * size[0]
+
+    @property
+    def n_elements(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
+
+
+@dataclass(frozen=True)
+class Header:
+    """What a GGUF file says before its tensor data."""
+
+    metadata: dict[str, Any]
+    tensors: list[TensorInfo]
+
+
 def read_metadata(path: str | Path) -> dict[str, Any]:
     """The key-value metadata of a GGUF file; arrays are given as `ArrayInfo`. Raises ModelFileError for a
     file that is not a readable GGUF."""
+    return read_header(path, tensors=False).metadata
+
+
+def read_header(path: str | Path, tensors: bool = True) -> Header:
+    """The metadata and (unless `tensors` is False) the tensor table of a GGUF file: the one reader of GGUF
+    files outside the converter."""
     path = Path(path)
     try:
         with open(path, "rb") as f:
             if f.read(4) != b"GGUF":
                 raise ModelFileError(f"{path}: not a GGUF file (no GGUF magic); download or convert it again")
-            version, _n_tensors, n_kv = struct.unpack("<IQQ", _read(f, 20))
+            version, n_tensors, n_kv = struct.unpack("<IQQ", _read(f, 20))
             if version not in (2, 3):
                 raise ModelFileError(f"{path}: GGUF version {version} is not one dtg reads (2 or 3)")
-            if n_kv > _MAX_KEYS:
-                raise ModelFileError(f"{path}: a header that claims {n_kv} metadata keys; the file is damaged")
+            if n_kv > _MAX_KEYS or n_tensors > _MAX_KEYS:
+                raise ModelFileError(f"{path}: a header that claims {n_kv} metadata keys and {n_tensors} tensors; the file is damaged")
             meta: dict[str, Any] = {}
             for _ in range(n_kv):
                 key = _string(f).decode("utf-8", "replace")
                 (kind,) = struct.unpack("<I", _read(f, 4))
                 meta[key] = _value(f, kind)
-            return meta
+            table = []
+            for _ in range(n_tensors if tensors else 0):
+                name = _string(f).decode("utf-8", "replace")
+                (n_dims,) = struct.unpack("<I", _read(f, 4))
+                if n_dims > 8:
+                    raise ValueError(f"a tensor of {n_dims} dimensions")
+                shape = struct.unpack(f"<{n_dims}Q", _read(f, 8 * n_dims))
+                ggml_type, offset = struct.unpack("<IQ", _read(f, 12))
+                table.append(TensorInfo(name, tuple(shape), ggml_type, offset))
+            if table:
+                _check_data_size(path, f.tell(), meta, table)
+            return Header(meta, table)
     except _Truncated:
         raise ModelFileError(f"{path}: the GGUF header is truncated; download or convert it again") from None
     except (ValueError, struct.error) as e:
         raise ModelFileError(f"{path}: a damaged GGUF header ({e}); download or convert it again") from None
     except OSError as e:
         raise ModelFileError(f"{path}: cannot read it ({e.strerror})") from None
+
+
+def _check_data_size(path: Path, header_end: int, meta: dict[str, Any], table: list[TensorInfo]) -> None:
+    """A file cut short (an interrupted download or copy) still has its whole header: the tensor table
+    says how far its data must reach."""
+    alignment = meta.get("general.alignment", 32)
+    if not isinstance(alignment, int) or alignment <= 0:
+        return
+    data_start = -(-header_end // alignment) * alignment
+    ends = [t.offset + t.n_bytes for t in table if t.n_bytes is not None]
+    need = data_start + max(ends, default=0)
+    have = path.stat().st_size
+    if have < need:
+        raise ModelFileError(f"{path}: truncated ({have} bytes; its tensors need {need}); download or convert it again")
 
 
 def _read(f: BinaryIO, n: int) -> bytes:

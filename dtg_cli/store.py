@@ -74,18 +74,25 @@ class Located:
     entry: ModelEntry | None  # None for a GGUF file given by path
 
 
-def locate(model: str, quant: str = DEFAULT_QUANT, progress=None, download: bool = True) -> Located:
-    """A registry name or a .gguf path, resolved to a file on disk (pulled first if it is missing)."""
+def resolve(model: str) -> ModelEntry | Path:
+    """What `--model` names: a registry entry, or else the path of a GGUF file that exists."""
     if is_model_name(model):
-        entry = lookup(model)
-        path = pull(entry, quant, progress) if download else on_disk(entry, quant)
-        if path is None:
-            raise DtgError(f"{entry.name} ({quant}) is not on disk: dtg models pull {entry.name} --quant {quant}")
-        return Located(path, entry.name, entry)
+        return lookup(model)
     path = Path(model).expanduser()
     if not path.is_file():
         raise ModelFileError(f"{path}: no such model file")
-    return Located(path, path.stem, None)
+    return path
+
+
+def locate(model: str, quant: str = DEFAULT_QUANT, progress=None, download: bool = True) -> Located:
+    """A registry name or a .gguf path, resolved to a file on disk (pulled first if it is missing)."""
+    entry = resolve(model)
+    if isinstance(entry, Path):
+        return Located(entry, entry.stem, None)
+    path = pull(entry, quant, progress) if download else on_disk(entry, quant)
+    if path is None:
+        raise DtgError(f"{entry.name} ({quant}) is not on disk: dtg models pull {entry.name} --quant {quant}")
+    return Located(path, entry.name, entry)
 
 
 def remove(entry: ModelEntry, quants: tuple[str, ...] = QUANTS) -> list[Path]:
@@ -127,36 +134,24 @@ def _remove_from_hub_cache(repo_id: str, filename: str) -> list[Path]:
     return removed
 
 
-def _gguf_reader(path: Path):
-    import gguf
-
-    try:
-        return gguf.GGUFReader(str(path))
-    except Exception as e:  # gguf-py raises many kinds on a damaged file
-        raise ModelFileError(f"{path}: not a readable GGUF file ({type(e).__name__}: {e})") from e
-
-
 def gguf_info(path: Path) -> dict:
     """What a GGUF says about itself: architecture, sizes, vocabulary, quantization, source."""
-    reader = _gguf_reader(path)
+    from dtg_cli.gguf_header import ArrayInfo, read_header
+
+    header = read_header(path)
 
     def value(key: str):
-        field = reader.get_field(key)
-        if field is None:
-            return None
-        try:
-            return field.contents()
-        except Exception:
-            return None
+        found = header.metadata.get(key)
+        return None if isinstance(found, ArrayInfo) else found
 
     arch = value("general.architecture") or "?"
     file_type = value("general.file_type")
     names = {v: k.upper() for k, v in FILE_TYPES.items()}
     tokenizer = value("tokenizer.ggml.model")
-    hf_json = reader.get_field("tokenizer.huggingface.json") is not None
-    tokens = reader.get_field("tokenizer.ggml.tokens")
-    n_vocab = len(tokens.data) if tokens is not None else value(f"{arch}.vocab_size")
-    params = sum(int(t.n_elements) for t in reader.tensors)
+    hf_json = "tokenizer.huggingface.json" in header.metadata
+    tokens = header.metadata.get("tokenizer.ggml.tokens")
+    n_vocab = tokens.length if isinstance(tokens, ArrayInfo) else value(f"{arch}.vocab_size")
+    params = sum(t.n_elements for t in header.tensors)
     info = {
         "path": str(path),
         "size_bytes": path.stat().st_size,
@@ -189,19 +184,16 @@ def tag_vocabulary(model: str, quant: str = DEFAULT_QUANT) -> tuple[str, frozens
     from dtg_cli.gguf_header import read_metadata
 
     any_text = "reads any text (SentencePiece), so it has no tag list to check against"
-    if is_model_name(model):
-        entry = lookup(model)
+    entry = resolve(model)
+    if isinstance(entry, Path):
+        path, name = entry, entry.stem
+    else:
         if families.named(entry.family).reads_any_text:
             return entry.name, None, f"{entry.name} {any_text}"
         path = on_disk(entry, quant) or next((p for q in QUANTS if (p := on_disk(entry, q)) is not None), None)
         if path is None:
             return entry.name, None, f"{entry.name} is not on disk, so its vocabulary is not checked: dtg models pull {entry.name}"
         name = entry.name
-    else:
-        path = Path(model).expanduser()
-        if not path.is_file():
-            raise ModelFileError(f"{path}: no such model file")
-        name = path.stem
     metadata = read_metadata(path)
     vocabulary = families.detect(metadata, path).tag_vocabulary(metadata)
     if vocabulary is None:

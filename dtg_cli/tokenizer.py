@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import re
-import struct
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
@@ -235,13 +234,7 @@ def _is_word_char(c: str) -> bool:
 
 def read_gguf_string(path: str | Path, key: str) -> str | None:
     """One string value from a GGUF's metadata, or None when the key is absent."""
-    import gguf
+    from dtg_cli.gguf_header import read_metadata
 
-    try:
-        reader = gguf.GGUFReader(str(path))
-    except (OSError, ValueError, IndexError, KeyError, struct.error) as e:
-        raise ModelFileError(f"{path}: not a readable GGUF file ({e})") from e
-    field = reader.get_field(key)
-    if field is None:
-        return None
-    return bytes(field.parts[field.data[0]]).decode("utf-8")
+    value = read_metadata(path).get(key)
+    return value if isinstance(value, str) else None
