@@ -393,18 +393,6 @@ def _check_types(fields: dict) -> None:
             raise UsageError(f"id: {value!r} must be a non-empty string or an integer")
 
 
-_QUOTED = re.compile(r"""('(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*")""")
-
-
-def _field_names(message: str) -> str:
-    """A settings message speaks of flags (--max-new-tokens); in a record they are fields (max_new_tokens).
-    Quoted values are the user's text and stay as they are."""
-    pieces = _QUOTED.split(message)
-    for i in range(0, len(pieces), 2):  # the even pieces are outside quotes
-        pieces[i] = re.sub(r"--([a-z][a-z-]*)", lambda m: m[1].replace("-", "_"), pieces[i])
-    return "".join(pieces)
-
-
 def build_task(record: Record, options: dict, file_defaults: dict, base_seed: int) -> Task:
     """A record's request and seeds; raises UsageError for anything invalid."""
     fields = record.fields
@@ -423,10 +411,7 @@ def build_task(record: Record, options: dict, file_defaults: dict, base_seed: in
     sampling = {k: merged.pop(k) for k in SAMPLING_FIELDS if k in merged}
     tags = merged.pop("tags", "")
     num = merged.pop("num", 1)
-    try:
-        request = Request.from_options(tags, sampling=sampling, num=num, **merged)
-    except UsageError as e:
-        raise UsageError(_field_names(str(e))) from None
+    request = Request.from_options(tags, sampling=sampling, num=num, **merged)  # a SettingError names the fields
     record_id = fields.get("id", record.line)
     seed = fields.get("seed")
     if seed is not None:
@@ -784,7 +769,7 @@ def expand(
                 item = outcome.item
                 if isinstance(item, BadRecord) or outcome.error is not None:
                     where = item.where if isinstance(item, BadRecord) and item.where else f"{source.name}:{_line_of(item)}"
-                    message = item.message if isinstance(item, BadRecord) else _field_names(str(outcome.error))
+                    message = item.message if isinstance(item, BadRecord) else str(outcome.error)
                     if not skip_errors:
                         summary.elapsed_s = time.perf_counter() - started
                         raise BatchInputError(where, message)

@@ -12,7 +12,7 @@ import typer
 from typer.core import TyperGroup
 
 from dtg_cli import __version__
-from dtg_cli.errors import DtgError
+from dtg_cli.errors import DtgError, SettingError
 
 
 class _LazyConsole:
@@ -74,7 +74,8 @@ class _ErrorBoundary(TyperGroup):
         except DtgError as e:
             if os.environ.get("DTG_DEBUG"):
                 raise
-            err.print(f"[red]error:[/] {escape(str(e))}", soft_wrap=True)
+            message = e.as_flags() if isinstance(e, SettingError) else str(e)  # on the command line, settings are flags
+            err.print(f"[red]error:[/] {escape(message)}", soft_wrap=True)
             raise typer.Exit(e.exit_code) from None
         except _USAGE_ERRORS as e:  # a bad flag or value: one line too, with where to read more
             command = e.ctx.command_path if e.ctx else "dtg"

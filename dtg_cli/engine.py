@@ -19,9 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from dtg_cli.errors import DtgError, UsageError
+from dtg_cli.errors import DtgError, SettingError, UsageError, setting
 from dtg_cli.families import detect, formats
-from dtg_cli.settings import FLAGS, Request, Sampling
+from dtg_cli.settings import Request, Sampling
 from dtg_cli.tags import Layout, Reading, Style, compile_bans, read, render
 
 log = logging.getLogger("dtg")
@@ -396,7 +396,7 @@ class Generator:
             # A random base leaves room for every result's seed below 2**32.
             base = sampling.seed if sampling.seed is not None else secrets.randbelow(2**32 - request.num + 1)
             if base + request.num > 2**32:
-                raise UsageError(f"--seed {base} with --num {request.num} runs past the largest seed, 4294967295")
+                raise SettingError(f"{setting('seed')} {base} with {setting('num')} {request.num} runs past the largest seed, 4294967295")
             seeds = tuple(base + v for v in range(request.num))
         banned = compile_bans(request.ban)
         general = list(request.tags)
@@ -404,7 +404,7 @@ class Generator:
         input_ids = self.tokenizer.encode(prompt)
         need, limit = len(input_ids) + sampling.max_new_tokens, self.model.n_ctx_train
         if need > limit:
-            raise UsageError(f"the prompt and --max-new-tokens need {need} tokens; {self.name} takes at most {limit}")
+            raise SettingError(f"the prompt and {setting('max_new_tokens')} need {need} tokens; {self.name} takes at most {limit}")
         minimum, maximum = self.format.tag_count_range(request.length)
         return _Prepared(
             task=task, index=index, request=request, sampling=sampling, seeds=seeds, prompt=prompt,
@@ -482,9 +482,9 @@ class Generator:
                         slots = [None] * parallel
                         window = max(4 * parallel, 64)
                     if len(prepared.input_ids) >= context.n_ctx:
-                        raise UsageError(
+                        raise SettingError(
                             f"the prompt is {len(prepared.input_ids)} tokens; each sequence has room for {context.n_ctx} "
-                            "(a lower --max-new-tokens leaves more)"
+                            f"(a lower {setting('max_new_tokens')} leaves more)"
                         )
                 except DtgError as e:
                     order.append([(index, 0), Outcome(item, error=e)])
@@ -703,8 +703,8 @@ def check_conditions(request: Request, prompt_format, model_name: str) -> None:
     for condition in request.conditions():
         if condition not in prompt_format.accepts:
             others = accepting(lambda f, c=condition: c in f.accepts)
-            raise UsageError(
-                f"{FLAGS[condition]} is not used by {model_name} (prompt format {prompt_format.name}); "
+            raise SettingError(
+                f"{setting(condition)} is not used by {model_name} (prompt format {prompt_format.name}); "
                 f"models that accept it: {', '.join(others) or 'none'}"
             )
 

@@ -23,3 +23,28 @@ class ModelFileError(DtgError):
 
 class MissingDependencyError(DtgError):
     """An optional package that the requested feature needs is not installed."""
+
+
+_SETTING = "\x00"  # marks a setting's name in a SettingError; repr() of user text can never hold it
+
+
+def setting(name: str) -> str:
+    """A setting's name inside a SettingError message: a field name for a library caller or a batch record
+    (max_new_tokens), a flag on the command line (--max-new-tokens)."""
+    return f"{_SETTING}{name}{_SETTING}"
+
+
+class SettingError(UsageError):
+    """A setting that cannot be used. The message names settings with `setting()`: `str()` reads them as
+    field names, `as_flags()` as command-line flags, so that only the CLI speaks of flags."""
+
+    def __init__(self, message: str):
+        self.template = message
+        super().__init__(self._render(lambda name: name))
+
+    def _render(self, name_of) -> str:
+        parts = self.template.split(_SETTING)
+        return "".join(name_of(part) if i % 2 else part for i, part in enumerate(parts))
+
+    def as_flags(self) -> str:
+        return self._render(lambda name: "--" + name.replace("_", "-"))

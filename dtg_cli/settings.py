@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
-from dtg_cli.errors import UsageError
+from dtg_cli.errors import SettingError, UsageError, setting
 from dtg_cli.tags import compile_bans, split_tags
 
 RATINGS = ("sfw", "general", "sensitive", "nsfw", "questionable", "explicit")
@@ -29,23 +29,10 @@ DEFAULT_IDENTITY = "lax"
 DEFAULT_ASPECT_RATIO = ASPECT_RATIOS["tall"]
 
 
-# Condition name -> the flag that sets it, for messages.
-FLAGS = {
-    "copyright": "--copyright",
-    "character": "--character",
-    "artist": "--artist",
-    "quality": "--quality",
-    "rating": "--rating",
-    "aspect_ratio": "--aspect-ratio",
-    "length": "--length",
-    "identity": "--identity",
-}
-
-
-def _choice(value: str, choices: tuple[str, ...], flag: str) -> str:
+def _choice(value: str, choices: tuple[str, ...], name: str) -> str:
     normal = value.strip().lower().replace("-", "_").replace(" ", "_")
     if normal not in choices:
-        raise UsageError(f"{flag}: {value!r} is not one of {', '.join(choices)}")
+        raise SettingError(f"{setting(name)}: {value!r} is not one of {', '.join(choices)}")
     return normal
 
 
@@ -67,9 +54,11 @@ def parse_aspect_ratio(value: str | float | int) -> float:
         elif len(numbers) == 2 and numbers[1] > 0:
             ratio = numbers[0] / numbers[1]
         else:
-            raise UsageError(f"--aspect-ratio: {value!r} is not a name ({', '.join(ASPECT_RATIOS)}), a number or W:H") from None
+            raise SettingError(
+                f"{setting('aspect_ratio')}: {value!r} is not a name ({', '.join(ASPECT_RATIOS)}), a number or W:H"
+            ) from None
     if not math.isfinite(ratio) or ratio <= 0:
-        raise UsageError(f"--aspect-ratio: {value!r} must be a positive width / height")
+        raise SettingError(f"{setting('aspect_ratio')}: {value!r} must be a positive width / height")
     return ratio
 
 
@@ -107,9 +96,9 @@ class Sampling:
                 continue
             kind = int if name in ("top_k", "max_new_tokens", "seed") else float
             if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not float(value).is_integer()):
-                raise UsageError(f"--{name.replace('_', '-')}: {value!r} is not {'an integer' if kind is int else 'a number'}")
+                raise SettingError(f"{setting(name)}: {value!r} is not {'an integer' if kind is int else 'a number'}")
             if not (math.isfinite(value) and ok(value)):
-                raise UsageError(f"--{name.replace('_', '-')}: {value} must be {limits[name]}")
+                raise SettingError(f"{setting(name)}: {value} must be {limits[name]}")
 
     def with_defaults(self, defaults: Sampling) -> Sampling:
         """These settings with every unset value taken from `defaults`."""
@@ -136,17 +125,17 @@ class Request:
 
     def __post_init__(self):
         if self.rating is not None:
-            object.__setattr__(self, "rating", _choice(self.rating, RATINGS, "--rating"))
+            object.__setattr__(self, "rating", _choice(self.rating, RATINGS, "rating"))
         if self.length is not None:
-            object.__setattr__(self, "length", _choice(self.length, LENGTHS, "--length"))
+            object.__setattr__(self, "length", _choice(self.length, LENGTHS, "length"))
         if self.identity is not None:
-            object.__setattr__(self, "identity", _choice(self.identity, IDENTITIES, "--identity"))
+            object.__setattr__(self, "identity", _choice(self.identity, IDENTITIES, "identity"))
         if self.aspect_ratio is not None:
             object.__setattr__(self, "aspect_ratio", parse_aspect_ratio(self.aspect_ratio))
         if not isinstance(self.auto, bool):
-            raise UsageError(f"--auto: {self.auto!r} must be true or false")
+            raise SettingError(f"{setting('auto')}: {self.auto!r} must be true or false")
         if isinstance(self.num, bool) or not isinstance(self.num, int) or not 1 <= self.num <= 1000:
-            raise UsageError(f"--num: {self.num!r} must be an integer between 1 and 1000")
+            raise SettingError(f"{setting('num')}: {self.num!r} must be an integer between 1 and 1000")
         compile_bans(self.ban)  # a bad pattern is an error now, not after the model has loaded
 
     def conditions(self) -> list[str]:
@@ -168,12 +157,12 @@ class Request:
         """Build a request from loose values: comma-separated strings or lists for tag fields, width and
         height instead of an aspect ratio, sampling as a mapping. Raises UsageError on anything invalid."""
         if (width is None) != (height is None):
-            raise UsageError("--width and --height go together")
+            raise SettingError(f"{setting('width')} and {setting('height')} go together")
         if width is not None:
             if aspect_ratio is not None:
-                raise UsageError("give --aspect-ratio or --width/--height, not both")
+                raise SettingError(f"give {setting('aspect_ratio')} or {setting('width')}/{setting('height')}, not both")
             if not (isinstance(width, int) and isinstance(height, int) and width > 0 and height > 0):
-                raise UsageError(f"--width/--height: {width}x{height} must be positive integers")
+                raise SettingError(f"{setting('width')}/{setting('height')}: {width}x{height} must be positive integers")
             aspect_ratio = width / height
         values: dict[str, Any] = {}
         for name in ("copyright", "character", "artist", "quality", "ban"):

@@ -14,7 +14,7 @@ from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
-from dtg_cli.errors import UsageError
+from dtg_cli.errors import SettingError, UsageError, setting
 
 if TYPE_CHECKING:
     from dtg_cli.settings import Request
@@ -42,11 +42,11 @@ def compile_bans(patterns: Iterable[str]) -> Callable[[str], bool]:
             try:
                 compiled.append(re.compile(pattern[3:], re.IGNORECASE).search)
             except re.error as e:
-                raise UsageError(f"--ban: {pattern!r} is not a valid regular expression ({e})") from None
+                raise SettingError(f"{setting('ban')}: {pattern!r} is not a valid regular expression ({e})") from None
         else:
             glob = " ".join(pattern.replace("_", " ").split())
             if not glob:
-                raise UsageError("--ban: empty pattern")
+                raise SettingError(f"{setting('ban')}: empty pattern")
             compiled.append(re.compile(fnmatch.translate(glob), re.IGNORECASE).match)  # the whole tag
 
     def banned(tag: str) -> bool:
@@ -188,7 +188,7 @@ def _flag_tags(flag: str, values: Iterable[str]) -> list[str]:
     try:
         pieces, _ = parse(", ".join(values))
     except UsageError as e:
-        raise UsageError(str(e).replace("tags:", f"--{flag}:", 1)) from None
+        raise SettingError(str(e).replace("tags:", f"{setting(flag)}:", 1)) from None
     return [p.text for p in pieces if p.kind == "tag"]
 
 

@@ -150,9 +150,9 @@ def test_stop_token_ends_generation(generators, monkeypatch):
 
 
 def test_condition_the_format_does_not_take(generators):
-    with pytest.raises(UsageError, match="--artist is not used by .*dantaggen-delta-rev2"):
+    with pytest.raises(UsageError, match="^artist is not used by .*dantaggen-delta-rev2"):
         run(generators["dart-moe"], artist="wlop")
-    with pytest.raises(UsageError, match="--identity is not used"):
+    with pytest.raises(UsageError, match="^identity is not used"):
         run(generators["dantaggen"], identity="strict")
 
 
