@@ -1,7 +1,6 @@
 """`dtg batch` and `dtg merge`: input formats, settings layers, order, seeds, resume, bad records, shards."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -248,9 +247,9 @@ def test_toml_syntax_error_names_the_line_in_the_file(dart, tmp_path):
         (["--parallel", "0"], ["--parallel"]),
     ],
 )
-def test_bad_options_fail_before_any_work(dart, tmp_path, args, fragments):
+def test_bad_options_fail_before_any_work(dart, tmp_path, monkeypatch, args, fragments):
     src = write(tmp_path / "p.txt", "1girl\n")
-    os.chdir(tmp_path)
+    monkeypatch.chdir(tmp_path)  # restored after the test: later tests run dtg from the repository
     assert_one_line_error(run("batch", src, "-m", dart, *args), *fragments)
 
 
