@@ -292,8 +292,8 @@ def test_threads_are_bounded(dart):
 def test_what_native_code_writes_to_stdout_goes_to_stderr():
     code = (
         "import os, sys\n"
-        "from dtg_cli.cli import _keep_stdout_for_results\n"
-        "_keep_stdout_for_results()\n"
+        "from dtg_cli.cli import keep_stdout_for_results\n"
+        "keep_stdout_for_results()\n"
         "os.write(1, b'a native backtrace\\n')\n"
         "print('result')\n"
     )

@@ -1,0 +1,20 @@
+"""The `dtg` command line: a shell over the library. Each command parses its flags, calls one library
+function and prints; `app.py` holds the Typer app and the one error boundary, `options.py` the options
+several commands share, `ui.py` what is shown on a terminal, and one module per command group."""
+
+from __future__ import annotations
+
+import sys
+
+from dtg_cli.cli import batch, convert, generate, models, tags  # noqa: F401 - each registers its commands
+from dtg_cli.cli.app import app, keep_stdout_for_results
+
+__all__ = ["app", "main", "keep_stdout_for_results"]
+
+
+def main() -> None:
+    keep_stdout_for_results()
+    try:
+        app()
+    except KeyboardInterrupt:  # raised outside a command, e.g. while importing
+        sys.exit(130)

@@ -1,0 +1,103 @@
+"""The Typer app and its one error boundary: project errors become one line and an exit code."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Annotated
+
+import typer
+from typer.core import TyperGroup
+
+from dtg_cli import __version__
+from dtg_cli.cli.ui import err, escape
+from dtg_cli.errors import DtgError, SettingError
+
+
+def _usage_errors() -> tuple[type[Exception], ...]:
+    """Click's usage error class: typer vendors its own copy of click from 0.24 on, and then raises only
+    that one (importing upstream click as well would cost about 20 ms of start-up)."""
+    try:
+        from typer._click.exceptions import UsageError as vendored
+
+        return (vendored,)
+    except ImportError:
+        from click.exceptions import UsageError as upstream
+
+        return (upstream,)
+
+
+_USAGE_ERRORS = _usage_errors()
+
+
+class _ErrorBoundary(TyperGroup):
+    """The one place where project errors become a red line on stderr and an exit code."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except DtgError as e:
+            if os.environ.get("DTG_DEBUG"):
+                raise
+            message = e.as_flags() if isinstance(e, SettingError) else str(e)  # on the command line, settings are flags
+            err.print(f"[red]error:[/] {escape(message)}", soft_wrap=True)
+            raise typer.Exit(e.exit_code) from None
+        except _USAGE_ERRORS as e:  # a bad flag or value: one line too, with where to read more
+            command = e.ctx.command_path if e.ctx else "dtg"
+            err.print(f"[red]error:[/] {escape(e.format_message())} (see {command} --help)", soft_wrap=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            err.print("[red]interrupted[/]")
+            raise typer.Exit(130) from None
+        except BrokenPipeError:  # the reader went away (`dtg ... | head`): nothing to say
+            _silence_stdout()
+            raise typer.Exit(141) from None
+        except OSError as e:  # the library turns expected I/O errors into DtgErrors; this is a full disk or a dead device
+            if os.environ.get("DTG_DEBUG"):
+                raise
+            _silence_stdout()
+            where = f" ({e.filename})" if e.filename else " (stdout)"
+            err.print(f"[red]error:[/] cannot write{escape(where)}: {escape(e.strerror or str(e))}", soft_wrap=True)
+            raise typer.Exit(1) from None
+
+
+def _silence_stdout() -> None:
+    """After a failed write, drop what is still buffered instead of failing again at exit."""
+    sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - lives until exit
+
+
+def keep_stdout_for_results() -> None:
+    """Native code writes to file descriptor 1 (llama.cpp's abort prints a debugger backtrace there).
+    Results go through `sys.stdout` only, so fd 1 is pointed at stderr and `sys.stdout` gets the real
+    stdout on a descriptor of its own: whatever happens inside llama.cpp, stdout holds results only."""
+    try:
+        sys.stdout.flush()
+        results = os.dup(1)
+        os.dup2(2, 1)
+    except (OSError, ValueError, AttributeError):
+        return
+    sys.stdout = open(  # noqa: SIM115 - lives until exit
+        results, "w", encoding=sys.stdout.encoding, errors=sys.stdout.errors, buffering=1 if os.isatty(results) else -1
+    )
+
+
+app = typer.Typer(
+    cls=_ErrorBoundary,
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    help="Run Dart v2 and DanTagGen, the small language models that write Danbooru tag prompts.",
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"dtg {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool | None, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")] = None,
+) -> None:
+    pass

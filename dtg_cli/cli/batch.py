@@ -1,0 +1,221 @@
+"""`dtg batch` and `dtg merge`."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from dtg_cli.cli.app import app
+from dtg_cli.cli.options import (
+    _OUTPUT,
+    _SAMPLING,
+    Artist,
+    AspectRatio,
+    Auto,
+    Ban,
+    Character,
+    Copyright,
+    EscapeTags,
+    GpuLayers,
+    Height,
+    Identity,
+    Length,
+    MaxNewTokens,
+    MinP,
+    ModelName,
+    Order,
+    Parallel,
+    PromptFormat,
+    Quality,
+    Quant,
+    Rating,
+    Temperature,
+    Template,
+    Threads,
+    TopK,
+    TopP,
+    Underscores,
+    Verbose,
+    Width,
+    _style,
+)
+from dtg_cli.cli.ui import BatchProgress, StderrProgress, err, escape, setup_logging
+from dtg_cli.errors import DtgError
+
+
+@app.command()
+def batch(
+    input_path: Annotated[
+        str,
+        typer.Argument(
+            metavar="INPUT",
+            help="Prompts: .txt (one comma-separated prompt per line; blank lines and # comments skipped), .jsonl "
+            "(one object per line with generate's options as fields, plus seed, num and id) or .toml (\\[defaults] "
+            "and \\[\\[prompt]] tables); '-' reads stdin.",
+        ),
+    ],
+    output: Annotated[
+        str | None, typer.Option("--output", "-o", help="A .jsonl or .txt file (default: text lines on stdout).", rich_help_panel=_OUTPUT)
+    ] = None,
+    model: ModelName = "dart-v2-moe-sft",
+    quant: Quant = "q8_0",
+    prompt_format: PromptFormat = None,
+    n_gpu_layers: GpuLayers = -1,
+    threads: Threads = None,
+    parallel: Parallel = None,
+    copyright: Copyright = None,
+    character: Character = None,
+    artist: Artist = None,
+    rating: Rating = None,
+    aspect_ratio: AspectRatio = None,
+    width: Width = None,
+    height: Height = None,
+    length: Length = None,
+    identity: Identity = None,
+    quality: Quality = None,
+    auto: Auto = None,
+    temperature: Temperature = None,
+    top_p: TopP = None,
+    top_k: TopK = None,
+    min_p: MinP = None,
+    max_new_tokens: MaxNewTokens = None,
+    seed: Annotated[
+        int | None,
+        typer.Option(
+            help="Base seed. A record without its own seed gets, for each result, a seed derived from the base seed, "
+            "its id (its line number if it has none) and the result's number (default: the file's \\[defaults] seed, else 0).",
+            rich_help_panel=_SAMPLING,
+        ),
+    ] = None,
+    ban: Ban = None,
+    num: Annotated[int | None, typer.Option("--num", "-n", help="Results per record (default: 1).", rich_help_panel=_OUTPUT)] = None,
+    output_format: Annotated[
+        str | None, typer.Option("--format", help="text or jsonl (default: from the -o name; text on stdout).", rich_help_panel=_OUTPUT)
+    ] = None,
+    input_format: Annotated[
+        str | None,
+        typer.Option(help="txt, jsonl or toml (default: from the extension, else from the first line).", rich_help_panel=_OUTPUT),
+    ] = None,
+    order: Order = None,
+    template: Template = None,
+    escape_tags: EscapeTags = None,
+    underscores: Underscores = False,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Keep the results already in -o FILE and do the rest.", rich_help_panel="Run")
+    ] = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace -o FILE if it exists.", rich_help_panel="Run")] = False,
+    skip_errors: Annotated[
+        bool, typer.Option("--skip-errors", help="Report a bad record on stderr and go on (default: stop there).", rich_help_panel="Run")
+    ] = False,
+    shard: Annotated[
+        str | None,
+        typer.Option(
+            help="K/N: do only the records whose index (from 0) is K modulo N, for N machines numbered 0..N-1.", rich_help_panel="Run"
+        ),
+    ] = None,
+    verbose: Verbose = False,
+) -> None:
+    """Generate for every prompt of INPUT, many sequences at a time, writing results in input order.
+
+    Each result is written and flushed as soon as it and those before it are done: an interrupted run
+    leaves a valid file that --resume finishes. Settings, weakest first: the model family's defaults,
+    the file's \\[defaults], these options, the record's own fields.
+    """
+    import contextlib
+
+    from dtg_cli import batch as batching
+    from dtg_cli.generate import open_model
+    from dtg_cli.settings import Request, Sampling
+
+    setup_logging(verbose)
+    style = _style(order, template, escape_tags, underscores)
+    shard_of = batching.parse_shard(shard) if shard is not None else (0, 1)
+    kind = batching.output_format(output, output_format)
+    batching.check_output(output, resume=resume, force=force)
+    if input_format is not None:
+        batching.input_format(input_path, input_format, None)
+    batching.check_input(input_path)
+    options = {
+        "copyright": copyright, "character": character, "artist": artist, "quality": quality, "rating": rating,
+        "aspect_ratio": aspect_ratio, "width": width, "height": height, "length": length, "identity": identity,
+        "ban": ban or None, "num": num, "temperature": temperature, "top_p": top_p, "top_k": top_k, "min_p": min_p,
+        "max_new_tokens": max_new_tokens, "auto": auto,
+    }  # fmt: skip
+    sampling = Sampling(temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p, max_new_tokens=max_new_tokens, seed=seed)
+    conditions = {
+        k: options[k]
+        for k in ("copyright", "character", "artist", "quality", "rating", "aspect_ratio", "width", "height", "length", "identity")
+    }
+    base = Request.from_options(
+        "", sampling=sampling, ban=ban or (), num=num if num is not None else 1, **conditions
+    )  # bad values fail before loading
+    with StderrProgress() as progress:
+        generator = open_model(
+            model, quant, prompt_format=prompt_format, n_gpu_layers=n_gpu_layers, threads=threads, progress=progress, request=base
+        )
+    generator.warn_unknown = verbose  # a batch lists them once at the end instead
+    summary = batching.Summary()
+    bar = BatchProgress(input_path, input_format, shard_of) if err.is_terminal else None
+    try:
+        with generator, bar or contextlib.nullcontext():
+            batching.expand(
+                generator, input_path, output, options=options, base_seed=seed, parallel=parallel, shard=shard_of,
+                resume=resume, force=force, skip_errors=skip_errors, input_kind=input_format, output_kind=kind,
+                style=style, on_error=lambda message: err.print(f"[yellow]skipped:[/] {escape(message)}", soft_wrap=True),
+                on_progress=bar.update if bar else None, summary=summary,
+            )  # fmt: skip
+    except KeyboardInterrupt:
+        err.print(escape(summary.line()), soft_wrap=True)
+        where = f"; run the same command with --resume to finish {output}" if output not in (None, "-") else ""
+        err.print(f"[red]interrupted[/]{escape(where)}", soft_wrap=True)
+        raise typer.Exit(130) from None
+    except DtgError:
+        err.print(escape(summary.line()), soft_wrap=True)
+        raise
+    err.print(escape(summary.line()), soft_wrap=True)
+    if generator.unknown_tags and not verbose:
+        common = sorted(generator.unknown_tags.items(), key=lambda kv: -kv[1])[:5]
+        listed = ", ".join(f"{tag!r} ({n}x)" for tag, n in common)
+        what = (
+            f"are not in {generator.name}'s vocabulary, so the model saw <|unk|> for them"
+            if generator.tokenizer.vocabulary is not None
+            else "are not in the danbooru tag database"
+        )
+        logging.getLogger("dtg").warning(
+            f"{len(generator.unknown_tags)} distinct input tags {what}; most frequent: {listed} (-v names each with suggestions)"
+        )
+
+
+@app.command()
+def merge(
+    files: Annotated[list[Path], typer.Argument(help="JSONL outputs of dtg batch --shard K/N, one per shard.")],
+    output_format: Annotated[
+        str, typer.Option("--format", help="jsonl (the records) or text (each result's line, as dtg batch wrote it).")
+    ] = "jsonl",
+    allow_gaps: Annotated[
+        bool, typer.Option("--allow-gaps", help="Merge even when a record is in no file (records skipped as bad).")
+    ] = False,
+) -> None:
+    """Merge the JSONL outputs of a sharded batch run into one stream on stdout, in input order.
+
+    A result found in two files, or a record found in none, stops the merge with an error."""
+    from dtg_cli import batch as batching
+    from dtg_cli.errors import UsageError
+
+    if output_format not in ("jsonl", "text"):
+        raise UsageError(f"--format: {output_format!r} is not one of jsonl, text")
+    out = sys.stdout.buffer if hasattr(sys.stdout, "buffer") else None
+    for record, raw in batching.merge([str(f) for f in files], allow_gaps=allow_gaps):
+        if output_format == "text":
+            line = record.get("text", ", ".join(record.get("tags", []))) + "\n"
+            sys.stdout.write(line)
+        elif out is not None:
+            sys.stdout.flush()
+            out.write(raw)
+        else:
+            sys.stdout.write(raw.decode("utf-8"))
+    sys.stdout.flush()

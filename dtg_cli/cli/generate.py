@@ -1,0 +1,171 @@
+"""`dtg generate`."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Annotated
+
+import typer
+
+from dtg_cli.cli.app import app
+from dtg_cli.cli.options import (
+    _OUTPUT,
+    _SAMPLING,
+    Artist,
+    AspectRatio,
+    Auto,
+    Ban,
+    Character,
+    Copyright,
+    EscapeTags,
+    GpuLayers,
+    Height,
+    Identity,
+    Length,
+    MaxNewTokens,
+    MinP,
+    ModelName,
+    Order,
+    Parallel,
+    PromptFormat,
+    Quality,
+    Quant,
+    Rating,
+    Temperature,
+    Template,
+    Threads,
+    TopK,
+    TopP,
+    Underscores,
+    Verbose,
+    Width,
+    _style,
+)
+from dtg_cli.cli.ui import ResultOutput, StderrProgress, setup_logging
+from dtg_cli.errors import DtgError
+
+
+@app.command(no_args_is_help=False)
+def generate(
+    tags: Annotated[
+        str | None,
+        typer.Argument(
+            help="Comma-separated tags, e.g. \"1girl, cat ears\". '-' (or none, with stdin not a terminal): one prompt per input line."
+        ),
+    ] = None,
+    model: ModelName = "dart-v2-moe-sft",
+    quant: Quant = "q8_0",
+    prompt_format: PromptFormat = None,
+    n_gpu_layers: GpuLayers = -1,
+    threads: Threads = None,
+    parallel: Parallel = None,
+    copyright: Copyright = None,
+    character: Character = None,
+    artist: Artist = None,
+    rating: Rating = None,
+    aspect_ratio: AspectRatio = None,
+    width: Width = None,
+    height: Height = None,
+    length: Length = None,
+    identity: Identity = None,
+    quality: Quality = None,
+    auto: Auto = None,
+    temperature: Temperature = None,
+    top_p: TopP = None,
+    top_k: TopK = None,
+    min_p: MinP = None,
+    max_new_tokens: MaxNewTokens = None,
+    seed: Annotated[
+        int | None, typer.Option(help="Seed of the first result (the next get seed+1, ...); default: random.", rich_help_panel=_SAMPLING)
+    ] = None,
+    ban: Ban = None,
+    num: Annotated[int, typer.Option("--num", "-n", help="Results per prompt, with seeds seed, seed+1, ...", rich_help_panel=_OUTPUT)] = 1,
+    output_format: Annotated[
+        str, typer.Option("--format", help="text (one line per result), json (an array) or jsonl.", rich_help_panel=_OUTPUT)
+    ] = "text",
+    order: Order = None,
+    template: Template = None,
+    escape_tags: EscapeTags = None,
+    underscores: Underscores = False,
+    verbose: Verbose = False,
+) -> None:
+    """Generate tags from TAGS: the given tags, then the model's new ones, one line per result.
+
+    The first use of a model downloads it from Hugging Face (Dart v2 is converted to GGUF once).
+    """
+    import itertools
+    from dataclasses import replace
+
+    from dtg_cli.errors import UsageError
+    from dtg_cli.generate import open_model
+    from dtg_cli.settings import Request, Sampling
+    from dtg_cli.tags import split_tags
+
+    setup_logging(verbose)
+    if output_format not in ("text", "json", "jsonl"):
+        raise UsageError(f"--format: {output_format!r} is not one of text, json, jsonl")
+    style = _style(order, template, escape_tags, underscores)
+    sampling = Sampling(temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p, max_new_tokens=max_new_tokens, seed=seed)
+    base = Request.from_options(
+        "" if tags in (None, "-") else tags,
+        copyright=copyright, character=character, artist=artist, quality=quality, rating=rating,
+        aspect_ratio=aspect_ratio, width=width, height=height, length=length, identity=identity,
+        ban=ban or (), num=num, sampling=sampling, auto=auto is not False,
+    )  # fmt: skip
+    lines = _input_lines(tags)
+    first = next(lines, None) if lines is not None else None
+    if lines is not None and first is None:
+        raise UsageError("no input: stdin had no lines (give TAGS, or one comma-separated prompt per line)")
+    with StderrProgress() as progress:
+        generator = open_model(
+            model, quant, prompt_format=prompt_format, n_gpu_layers=n_gpu_layers, threads=threads, progress=progress, request=base
+        )
+    log = logging.getLogger("dtg")
+    with generator, ResultOutput(output_format, style) as out:
+        log.info(f"{generator.name}: {generator.model.path} ({generator.format.name} prompt), loaded in {generator.load_s:.2f} s")
+        if lines is None:
+            results = generator.generate(base, out.stream, parallel=parallel)
+        else:
+            from dtg_cli.engine import QueuedSource, Task
+
+            tasks = (
+                line if isinstance(line, DtgError) else Task(replace(base, tags=tuple(split_tags(line))))
+                for line in itertools.chain([first], lines)
+            )
+            results = _results(generator.run(QueuedSource(tasks), parallel=parallel, stream=out.stream))
+        for result in results:
+            out.write(result)
+            t = result.timings
+            log.info(
+                f"seed {result.seed}: {len(result.new_tags)} new tags, {t['new_tokens']} tokens in "
+                f"{t['generate_s']:.3f} s ({t['tokens_per_s']} tokens/s), stopped by {result.stop}"
+            )
+
+
+def _results(outcomes):
+    for outcome in outcomes:
+        if outcome.error is not None:
+            raise outcome.error
+        if isinstance(outcome.item, DtgError):  # an input line that could not be read
+            raise outcome.item
+        yield outcome.result
+
+
+def _input_lines(tags: str | None):
+    """Prompts from stdin, one per line, when TAGS is '-' or absent with stdin not a terminal; else None."""
+    if tags == "-" or (tags is None and not sys.stdin.isatty()):
+        return stdin_lines()
+    return None
+
+
+def stdin_lines():
+    """Lines of stdin, each a str, or a UsageError in the place of a line that is not UTF-8 (raised by the
+    reader when it comes to it, so that the results before it are written first)."""
+    from dtg_cli.errors import UsageError
+
+    for number, raw in enumerate(sys.stdin.buffer, 1):
+        try:
+            yield raw.decode("utf-8").rstrip("\r\n")
+        except UnicodeDecodeError:
+            yield UsageError(f"stdin:{number}: not UTF-8 text")

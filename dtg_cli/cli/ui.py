@@ -1,0 +1,225 @@
+"""What the CLI shows on a terminal: the stderr console, progress, the live result line, result output."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+
+class _LazyConsole:
+    """rich's Console for stderr, made on first use: importing rich.console costs about 40 ms, which a
+    command that prints nothing on stderr (--version, most --help) need not pay."""
+
+    _console = None
+
+    def real(self):
+        """The Console itself, for rich widgets that take one (Progress, Live)."""
+        if _LazyConsole._console is None:
+            from rich.console import Console  # start-up: see the class docstring
+
+            _LazyConsole._console = Console(stderr=True, highlight=False, emoji=False)
+        return _LazyConsole._console
+
+    def __getattr__(self, name):
+        return getattr(self.real(), name)
+
+
+err = _LazyConsole()
+
+
+def stdout_console():
+    from rich.console import Console  # start-up: see _LazyConsole
+
+    return Console(highlight=False, emoji=False)
+
+
+def escape(text: str) -> str:
+    """rich markup escaping, imported when first needed (start-up)."""
+    from rich.markup import escape as rich_escape
+
+    return rich_escape(text)
+
+
+class _WarningHandler(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        colour = "yellow" if record.levelno >= logging.WARNING else "dim"
+        label = "warning" if record.levelno >= logging.WARNING else "info"
+        err.print(f"[{colour}]{label}:[/] {escape(record.getMessage())}", soft_wrap=True)
+
+
+def setup_logging(verbose: bool) -> None:
+    from dtg_cli import llama
+
+    log = logging.getLogger("dtg")
+    if not any(isinstance(h, _WarningHandler) for h in log.handlers):
+        log.addHandler(_WarningHandler())
+    log.setLevel(logging.INFO if verbose else logging.WARNING)
+    llama.set_verbose(verbose)
+
+
+class StderrProgress:
+    """Conversion progress on stderr: a live bar on a terminal, one line per step otherwise."""
+
+    def __init__(self):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.live = err.is_terminal
+        self.bar = Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=err.real(), transient=True
+        )
+        self.task = None
+
+    def __enter__(self):
+        if self.live:
+            self.bar.start()
+        return self
+
+    def __exit__(self, *exc):
+        if self.live:
+            self.bar.stop()
+
+    def step(self, description: str, total: int | None = None) -> None:
+        if self.task is not None:
+            self.bar.update(self.task, completed=self.bar.tasks[self.task].total or 1)
+        if self.live:
+            self.task = self.bar.add_task(description, total=total)
+        else:
+            err.print(f"{escape(description)}…", soft_wrap=True)
+
+    def advance(self, done: int) -> None:
+        if self.live and self.task is not None:
+            self.bar.update(self.task, completed=done)
+
+
+class ResultOutput:
+    """Results on stdout: text lines (tags streamed live on a terminal), a JSON array, or JSON lines."""
+
+    def __init__(self, kind: str, style):
+        from rich.console import Console  # start-up: see _LazyConsole
+
+        self.kind = kind
+        self.style = style
+        self.console = Console(highlight=False, soft_wrap=True, emoji=False)
+        self.live = kind == "text" and self.console.is_terminal and style.order == "model"  # other orders need the whole result
+        self.count = 0
+        self.stream = LiveLine(self) if self.live else None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        # Also on Ctrl-C: what was written stays valid (the array is closed, a live line is ended).
+        if self.stream is not None and self.stream.open:
+            self.console.print()
+        if self.kind == "json" and (self.count or exc[0] is None):
+            sys.stdout.write("\n]\n" if self.count else "[]\n")  # nothing at all for a run that failed at once
+        sys.stdout.flush()
+
+    def write(self, result) -> None:
+        import json
+
+        written = result.written(self.style)
+        if self.kind == "text":
+            if self.live:
+                self.stream.finished()
+            else:
+                sys.stdout.write(written["text"] + "\n")
+        else:
+            record = result.to_dict()
+            record.update(written)
+            if self.kind == "json":
+                sys.stdout.write(("," if self.count else "[") + "\n" + json.dumps(record, ensure_ascii=False, indent=2))
+            else:
+                sys.stdout.write(json.dumps(record, ensure_ascii=False) + "\n")
+        self.count += 1
+        sys.stdout.flush()
+
+
+class LiveLine:
+    """On a terminal: each result's given tags, then its new tags as the model writes them. With several
+    results decoded together, the first unfinished one is shown live and the others wait their turn."""
+
+    def __init__(self, output: ResultOutput):
+        from collections import deque
+
+        self.out = output
+        self.units: deque = deque()  # started and not yet written, in output order
+        self.waiting: dict = {}  # unit -> (layout, new tags so far) of a result that is not shown yet
+        self.layout = None  # of the result shown
+        self.first = True
+        self.open = False  # a line has been started and not ended
+
+    def start(self, unit, layout) -> None:
+        self.units.append(unit)
+        self.waiting[unit] = (layout, [])
+        if len(self.units) == 1:
+            self._show(unit)
+
+    def tag(self, unit, tag: str) -> None:
+        if self.units and self.units[0] == unit:
+            self._print(tag)
+        else:
+            self.waiting[unit][1].append(tag)
+
+    def finished(self) -> None:
+        """The shown result has been written: end its line and show the next one."""
+        from dtg_cli.tags import stream_parts
+
+        after = stream_parts(self.layout, self.out.style)[1]
+        self.out.console.print(escape(("" if self.first or not after else ", ") + after), end="")
+        self.out.console.print()
+        self.open = False
+        self.units.popleft()
+        if self.units:
+            self._show(self.units[0])
+
+    def _show(self, unit) -> None:
+        from dtg_cli.tags import stream_parts
+
+        self.layout, new = self.waiting.pop(unit)
+        before = stream_parts(self.layout, self.out.style)[0]
+        self.out.console.print(escape(before), end="")
+        self.first = not before
+        self.open = True
+        for tag in new:
+            self._print(tag)
+
+    def _print(self, tag: str) -> None:
+        shown = self.out.style.tag(tag, self.layout)
+        self.out.console.print(("" if self.first else ", ") + f"[cyan]{escape(shown)}[/]", end="")
+        self.first = False
+
+
+class BatchProgress:
+    """A live bar on stderr: records done (of how many, when the input is a file), records/s, tags/s, ETA."""
+
+    def __init__(self, input_path: str, input_format: str | None, shard: tuple[int, int]):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        total = None
+        if input_path != "-" and Path(input_path).is_file():  # a pipe or a device cannot be read twice
+            from dtg_cli import batch as batching
+
+            kind = batching.sniff_format(input_path, input_format)
+            count = batching.count_records(input_path, kind)
+            k, n = shard
+            total = len(range(k, count, n))
+        self.bar = Progress(
+            TextColumn("records"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rates]}"),
+            TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=err.real(), transient=True,
+        )  # fmt: skip
+        self.task = self.bar.add_task("batch", total=total, rates="")
+
+    def __enter__(self):
+        self.bar.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.bar.stop()
+
+    def update(self, summary) -> None:
+        rates = (
+            f"{summary.records / summary.elapsed_s:.2f} rec/s {summary.tags / summary.elapsed_s:.0f} tags/s" if summary.elapsed_s else ""
+        )
+        self.bar.update(self.task, completed=summary.records + summary.resumed_records, rates=rates)
