@@ -124,8 +124,9 @@ class ModelConfig:
 
         hidden = keys.integer("hidden_size")
         n_heads = keys.integer("num_attention_heads")
-        n_kv_heads = keys.integer("num_key_value_heads", default=n_heads)
-        head_dim = keys.integer("head_dim", default=hidden // n_heads)
+        # transformers writes null for "derive it" in these two
+        n_kv_heads = keys.integer("num_key_value_heads", default=n_heads, null=n_heads)
+        head_dim = keys.integer("head_dim", default=hidden // n_heads, null=hidden // n_heads)
         if n_heads % n_kv_heads:
             raise CheckpointError(f"{path}: num_attention_heads {n_heads} is not a multiple of num_key_value_heads {n_kv_heads}")
         if head_dim % 2:
@@ -134,7 +135,7 @@ class ModelConfig:
         context = keys.integer("max_position_embeddings", default=defaults["max_position_embeddings"])
         window = None
         if "sliding_window" in _READ[arch]:
-            window = keys.integer("sliding_window", default=defaults["sliding_window"], nullable=True)
+            window = keys.integer("sliding_window", default=defaults["sliding_window"], null=None)  # null: no window
         if window is not None and window < context:
             # Attention over at most `window` tokens is full attention while the context holds no more.
             log.warning(
@@ -245,49 +246,49 @@ class _Keys:
         return self.prefix + key
 
     _REQUIRED = object()
+    _REFUSED = object()
 
-    def _get(self, key: str, default, nullable: bool = False):
+    def _get(self, key: str, default, null=_REFUSED):
+        """(value, done): done when the key is absent (the default) or null and `null` says what that means."""
         if key not in self.cfg:
             if default is self._REQUIRED:
                 raise CheckpointError(f"{self.path}: {self.name(key)} is missing")
             return default, True
         value = self.cfg[key]
-        if value is None and nullable:
-            return None, True
+        if value is None and null is not self._REFUSED:
+            return null, True
         return value, False
 
     def _bad(self, key: str, value, what: str) -> CheckpointError:
         return CheckpointError(f"{self.path}: {self.name(key)} must be {what}, got {json.dumps(value)}")
 
-    def integer(self, key: str, default=_REQUIRED, nullable: bool = False) -> int:
-        value, absent = self._get(key, default, nullable)
-        if absent:
+    def integer(self, key: str, default=_REQUIRED, null=_REFUSED) -> int | None:
+        value, done = self._get(key, default, null)
+        if done:
             return value
-        if value is None and key in ("num_key_value_heads", "head_dim"):
-            return default  # transformers 4 writes null for "derive it"
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
             raise self._bad(key, value, "a positive whole number")
         return value
 
     def number(self, key: str, default=_REQUIRED) -> float:
-        value, absent = self._get(key, default)
-        if absent:
+        value, done = self._get(key, default)
+        if done:
             return value
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise self._bad(key, value, "a number")
         return float(value)
 
     def string(self, key: str, default=_REQUIRED) -> str:
-        value, absent = self._get(key, default)
-        if absent:
+        value, done = self._get(key, default)
+        if done:
             return value
         if not isinstance(value, str):
             raise self._bad(key, value, "a string")
         return value
 
     def boolean(self, key: str, default=_REQUIRED) -> bool:
-        value, absent = self._get(key, default)
-        if absent:
+        value, done = self._get(key, default)
+        if done:
             return value
         if not isinstance(value, bool):
             raise self._bad(key, value, "true or false")

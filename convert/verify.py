@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from dtg_cli.errors import MissingDependencyError
+from dtg_cli.quants import FILE_TYPES
 
 INSTALL_HINT = "pip install torch==2.13.0 transformers  (a CPU build of torch is enough)"
 
@@ -25,7 +26,6 @@ _COMMON_TAGS = (
 # rounding. A quantized file's distance depends on the weights as much as on the conversion (random
 # full-size weights reach 0.03 in Q8_0), so only the F16 file gets a verdict.
 MAX_F16_MEAN_KL = 1e-4
-F16_FILE_TYPE = 1
 
 
 @dataclass(frozen=True)
@@ -165,7 +165,7 @@ def verify(checkpoint: Path, gguf_paths: list[Path], token_ids: list[int] | None
     results = []
     for path in gguf_paths:
         kl, agree, diff = compare_logits(ref, gguf_logits(path, ids, threads))
-        results.append(Parity(Path(path), len(ids), kl, agree, diff, _file_type(path) == F16_FILE_TYPE))
+        results.append(Parity(Path(path), len(ids), kl, agree, diff, _file_type(path) == FILE_TYPES["f16"]))
     return results
 
 

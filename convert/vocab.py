@@ -182,7 +182,8 @@ def load_sentencepiece_vocab(directory: Path, vocab_size: int) -> SentencePieceV
     tokens = [p[0] for p in pieces]
     scores = [p[1] for p in pieces]
     types = [p[2] for p in pieces]
-    return _complete_llama_vocab(directory, tokens, scores, types, add_dummy_prefix, vocab_size, {})
+    extras = _added_tokens(directory), _special_token_names(directory), _tokenizer_config(directory)
+    return _complete_llama_vocab(directory, tokens, scores, types, add_dummy_prefix, vocab_size, {}, *extras)
 
 
 def _complete_llama_vocab(
@@ -193,9 +194,13 @@ def _complete_llama_vocab(
     add_dummy_prefix: bool,
     vocab_size: int,
     template_adds: dict[str, bool],
+    added: dict[int, tuple[str, bool]],
+    names: dict[str, str],
+    config: dict,
 ) -> SentencePieceVocab:
-    """Append the added tokens, pad to the embedding size, and find the special ids and BOS/EOS rules."""
-    for idx, (content, special) in sorted(_added_tokens(directory).items()):
+    """Append the added tokens, pad to the embedding size, and find the special ids and BOS/EOS rules
+    (`added`, `names` and `config`: `_added_tokens`, `_special_token_names`, `_tokenizer_config`)."""
+    for idx, (content, special) in sorted(added.items()):
         if idx < len(tokens):
             continue  # the base model's own control tokens (<s>, </s>, <unk>) are listed again
         if idx != len(tokens):
@@ -212,13 +217,11 @@ def _complete_llama_vocab(
 
     vocab = SentencePieceVocab(tokens, scores, types, add_dummy_prefix)
     index = {t: i for i, t in enumerate(tokens)}
-    names = _special_token_names(directory)
     defaults = {"bos": "<s>", "eos": "</s>", "unk": "<unk>"}
     for kind in ("bos", "eos", "unk", "pad"):
         text = names.get(kind, defaults.get(kind))
         if text in index:
             setattr(vocab, f"{kind}_id", index[text])
-    config = _tokenizer_config(directory)
     vocab.add_bos = bool(config.get("add_bos_token", template_adds.get("bos", True)))
     vocab.add_eos = bool(config.get("add_eos_token", template_adds.get("eos", False)))
     return vocab
@@ -338,9 +341,10 @@ def load_llama_bpe_vocab(directory: Path, data: dict, vocab_size: int) -> Senten
             tokens.append(piece)
             scores.append(float(-rank[piece]) if piece in rank else float(-(len(merges) + idx)))
             types.append(NORMAL)
-    _check_merges_cover_the_vocabulary(vocab, rank, pairs, path)
+    _check_merges_cover_the_vocabulary(vocab, pairs, path)
 
-    scheme, skips_leading_space = _spacing_rule(data, _tokenizer_config(directory), path)
+    config = _tokenizer_config(directory)
+    scheme, skips_leading_space = _spacing_rule(data, config, path)
     if scheme == "first":
         log.warning(
             '%s: transformers puts "▁" before the start of the text only (tokenizer_config.json does not say '
@@ -355,10 +359,10 @@ def load_llama_bpe_vocab(directory: Path, data: dict, vocab_size: int) -> Senten
             path.name,
         )
     adds = _template_adds(data, names.get("bos", "<s>"), names.get("eos", "</s>"))
-    return _complete_llama_vocab(directory, tokens, scores, types, scheme != "never", vocab_size, adds)
+    return _complete_llama_vocab(directory, tokens, scores, types, scheme != "never", vocab_size, adds, added, names, config)
 
 
-def _check_merges_cover_the_vocabulary(vocab: dict, rank: dict, pairs: set, path: Path) -> None:
+def _check_merges_cover_the_vocabulary(vocab: dict, pairs: set, path: Path) -> None:
     """llama.cpp joins any two pieces whose union is in the vocabulary; BPE only those its merges list."""
     for piece in vocab:
         if len(piece) < 2 or _BYTE_PIECE.fullmatch(piece):

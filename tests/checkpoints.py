@@ -310,11 +310,12 @@ def save_with_transformers(directory: Path, spec: Spec, seed: int = 0, legacy: b
     directory = Path(directory)
     config = transformers_config(spec, **overrides)
     model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    names = list(tensor_shapes(spec))
+    names = {name: i for i, name in enumerate(tensor_shapes(spec))}
+    others = {name: len(names) + i for i, name in enumerate(sorted(model.state_dict()))}  # transformers' own layout
     state = {}
     for name, param in model.state_dict().items():
         shape = tuple(param.shape)
-        index = names.index(name) if name in names else len(names) + sorted(model.state_dict()).index(name)
+        index = names.get(name, others[name])
         rng = np.random.default_rng([seed, index])
         value = random_tensor(name, shape, rng)
         if name.endswith(".bias"):

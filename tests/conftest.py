@@ -42,17 +42,18 @@ def checkpoints(tmp_path_factory) -> dict[str, Path]:
     return {kind: build_checkpoint(root / kind, spec, seed=0, license="apache-2.0") for kind, spec in TINY.items()}
 
 
-@pytest.fixture(scope="session")
-def ggufs(checkpoints, tmp_path_factory) -> dict[str, dict[str, Path]]:
+def convert_each(checkpoints: dict[str, Path], out: Path) -> dict[str, dict[str, Path]]:
     """Each checkpoint converted to F16, Q8_0 and Q6_K: {kind: {quant: path}}."""
     from dtg_cli.convert import convert
 
-    out = tmp_path_factory.mktemp("gguf")
-    result = {}
-    for kind, directory in checkpoints.items():
-        paths = convert(directory, out, ["f16", "q8_0", "q6_k"])
-        result[kind] = dict(zip(["f16", "q8_0", "q6_k"], paths, strict=False))
-    return result
+    quants = ["f16", "q8_0", "q6_k"]
+    return {kind: dict(zip(quants, convert(directory, out, quants), strict=True)) for kind, directory in checkpoints.items()}
+
+
+@pytest.fixture(scope="session")
+def ggufs(checkpoints, tmp_path_factory) -> dict[str, dict[str, Path]]:
+    """The tiny checkpoints as GGUF files (`convert_each`)."""
+    return convert_each(checkpoints, tmp_path_factory.mktemp("gguf"))
 
 
 @pytest.fixture(scope="session")
@@ -66,15 +67,8 @@ def saved_checkpoints(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="session")
 def saved_ggufs(saved_checkpoints, tmp_path_factory) -> dict[str, dict[str, Path]]:
-    """Each transformers-saved checkpoint converted to F16, Q8_0 and Q6_K: {kind: {quant: path}}."""
-    from dtg_cli.convert import convert
-
-    out = tmp_path_factory.mktemp("saved-gguf")
-    result = {}
-    for kind, directory in saved_checkpoints.items():
-        paths = convert(directory, out, ["f16", "q8_0", "q6_k"])
-        result[kind] = dict(zip(["f16", "q8_0", "q6_k"], paths, strict=False))
-    return result
+    """The transformers-saved checkpoints as GGUF files (`convert_each`)."""
+    return convert_each(saved_checkpoints, tmp_path_factory.mktemp("saved-gguf"))
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ import fcntl
 import json
 import os
 import random
-import shutil
 import signal
 import struct
 import subprocess
@@ -478,4 +477,3 @@ def test_seeds_never_wrap(dart, tmp_path):
     assert_one_line_error(run("generate", "1girl", "-m", dart, "--seed", 4294967295, "-n", 3), "runs past the largest seed")
     src = write(tmp_path / "in.jsonl", '{"tags": "1girl", "seed": 4294967295, "num": 2}\n')
     assert_one_line_error(run("batch", src, "-m", dart), "seed: 4294967295 with num 2 runs past the largest seed")
-    shutil.rmtree(tmp_path / "nothing", ignore_errors=True)
