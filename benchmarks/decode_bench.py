@@ -68,7 +68,7 @@ def main() -> None:
         _, prompt_format, new, _ = MODELS[name]
         _, gguf = ensure_model(workdir, name)
         with Generator(gguf, prompt_format=prompt_format, n_gpu_layers=0) as generator:
-            generator.warn_unknown = False
+            generator.unknown.warn = False
             prepared = [generator.prepare(Task(Request.from_options(line))) for line in lines]
             n_ctx_seq = generator.context_per_sequence(max(len(p.input_ids) for p in prepared), new)
             default = generator.default_parallel(n_ctx_seq)

@@ -20,8 +20,10 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from dtg_cli.engine import END, NOT_READY, Generator, IterSource, QueuedSource, Source, Task
+from dtg_cli.engine import Generator
 from dtg_cli.errors import DtgError, UsageError
+from dtg_cli.outcomes import Task
+from dtg_cli.scheduler import END, NOT_READY, IterSource, QueuedSource, Source
 from dtg_cli.settings import Request
 from dtg_cli.tags import Style
 

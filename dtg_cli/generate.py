@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from dtg_cli.engine import Generator, Result, Stream, check_conditions
+from dtg_cli.engine import Generator, check_conditions
 from dtg_cli.errors import UsageError
 from dtg_cli.families import formats
+from dtg_cli.outcomes import Result, Stream
 from dtg_cli.quants import DEFAULT_QUANT, parse_quant
 from dtg_cli.settings import Request
 from dtg_cli.store import locate, resolve

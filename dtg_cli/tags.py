@@ -9,12 +9,15 @@ it does not hold: people counts (1girl, 2boys, no humans), rating words and qual
 from __future__ import annotations
 
 import fnmatch
+import logging
 import re
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from dtg_cli.errors import SettingError, UsageError, setting
+
+log = logging.getLogger("dtg")
 
 if TYPE_CHECKING:
     from dtg_cli.settings import Request
@@ -180,6 +183,54 @@ class Reading:
     unknown: list[Known]  # tags given to the model that it cannot read as tags: for a vocabulary (Dart),
     # those outside it (each an <|unk|> token); otherwise those the database does not hold
     outside: list[Known]  # tags kept in the output only (meta, artists for Dart, extra rating words...)
+
+
+class UnknownTags:
+    """Input tags a model cannot read as tags (`Reading.unknown`), counted over a run. With `warn`, each one
+    is warned about once, with suggestions; `summary` says what a run without warnings met."""
+
+    def __init__(self, model_name: str, vocabulary: Collection[str] | None):
+        self.model_name = model_name
+        self.vocabulary = vocabulary  # a one-token-per-tag model's tags; None for a model that reads any text
+        self.warn = True
+        self.counts: dict[str, int] = {}
+
+    def note(self, unknown: Iterable[Known]) -> None:
+        from dtg_cli.tagdb import database
+
+        for known in unknown:
+            key = known.name.lower()
+            seen = key in self.counts
+            self.counts[key] = self.counts.get(key, 0) + 1
+            if not self.warn or seen:
+                continue
+            if self.vocabulary is None:
+                what = f"unknown tag {known.written!r}: not in the danbooru tag database (the model reads it as plain text)"
+            elif known.count is None:
+                what = (
+                    f"unknown tag {known.written!r}: not in the danbooru tag database nor in {self.model_name}'s vocabulary, "
+                    "so the model sees <|unk|>"
+                )
+            else:
+                what = f"{known.name!r} is a danbooru {known.category} tag, but not in {self.model_name}'s vocabulary, so the model sees <|unk|>"
+            near = database().suggest(known.name, allowed=self._in_vocabulary if self.vocabulary is not None else None)
+            log.warning(what + (f"; did you mean: {', '.join(near)}" if near else ""))
+
+    def _in_vocabulary(self, tag: str) -> bool:
+        return tag.lower() in self.vocabulary
+
+    def summary(self) -> str | None:
+        """One line on the unknown tags met (the five most frequent), or None when there were none."""
+        if not self.counts:
+            return None
+        common = sorted(self.counts.items(), key=lambda kv: -kv[1])[:5]
+        listed = ", ".join(f"{tag!r} ({n}x)" for tag, n in common)
+        what = (
+            f"are not in {self.model_name}'s vocabulary, so the model saw <|unk|> for them"
+            if self.vocabulary is not None
+            else "are not in the danbooru tag database"
+        )
+        return f"{len(self.counts)} distinct input tags {what}; most frequent: {listed} (-v names each with suggestions)"
 
 
 def _flag_tags(flag: str, values: Iterable[str]) -> list[str]:

@@ -76,7 +76,7 @@ def test_every_decode_has_a_shape_that_does_not_depend_on_the_neighbours(ggufs, 
         for i, tags in enumerate(PROMPTS * 2)
     ]  # fmt: skip
     with Generator(ggufs[kind]["q8_0"], prompt_format=prompt_format) as generator:
-        generator.warn_unknown = False
+        generator.unknown.warn = False
         outcomes = list(generator.run(tasks, parallel=5))
         holder = generator.context.n_seq_max - 1
     assert len(outcomes) == 32 and all(o.result for o in outcomes)

@@ -157,7 +157,7 @@ def batch(
         generator = open_model(
             model, quant, prompt_format=prompt_format, n_gpu_layers=n_gpu_layers, threads=threads, progress=progress, request=base
         )
-    generator.warn_unknown = verbose  # a batch lists them once at the end instead
+    generator.unknown.warn = verbose  # a batch lists them once at the end instead
     summary = batching.Summary()
     bar = BatchProgress(input_path, input_format, shard_of) if err.is_terminal else None
     try:
@@ -177,17 +177,9 @@ def batch(
         err.print(escape(summary.line()), soft_wrap=True)
         raise
     err.print(escape(summary.line()), soft_wrap=True)
-    if generator.unknown_tags and not verbose:
-        common = sorted(generator.unknown_tags.items(), key=lambda kv: -kv[1])[:5]
-        listed = ", ".join(f"{tag!r} ({n}x)" for tag, n in common)
-        what = (
-            f"are not in {generator.name}'s vocabulary, so the model saw <|unk|> for them"
-            if generator.tokenizer.vocabulary is not None
-            else "are not in the danbooru tag database"
-        )
-        logging.getLogger("dtg").warning(
-            f"{len(generator.unknown_tags)} distinct input tags {what}; most frequent: {listed} (-v names each with suggestions)"
-        )
+    summary_line = generator.unknown.summary()
+    if summary_line and not verbose:
+        logging.getLogger("dtg").warning(summary_line)
 
 
 @app.command()

@@ -127,7 +127,8 @@ def generate(
         if lines is None:
             results = generator.generate(base, out.stream, parallel=parallel)
         else:
-            from dtg_cli.engine import QueuedSource, Task
+            from dtg_cli.outcomes import Task
+            from dtg_cli.scheduler import QueuedSource
 
             tasks = (
                 line if isinstance(line, DtgError) else Task(replace(base, tags=tuple(split_tags(line))))

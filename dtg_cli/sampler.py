@@ -1,0 +1,38 @@
+"""Drawing the next token from a model's logits."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from dtg_cli.settings import Sampling
+
+
+class Sampler:
+    """Temperature, top-k, top-p and min-p, in that order (as transformers applies them); 0 °C is argmax."""
+
+    def __init__(self, settings: Sampling, seed: int, bias: np.ndarray | None = None):
+        self.s = settings
+        self.rng = np.random.default_rng(seed)
+        self.bias = bias
+
+    def __call__(self, logits: np.ndarray) -> int:
+        x = logits if self.bias is None else logits + self.bias
+        if self.s.temperature == 0:
+            return int(np.argmax(x))
+        k = self.s.top_k
+        # Top-k first, on the raw logits (a positive temperature keeps their order): the float64 work
+        # below then touches k values instead of the whole vocabulary.
+        ids = np.argpartition(x, x.size - k)[x.size - k :] if 0 < k < x.size else np.arange(x.size)
+        z = x[ids].astype(np.float64) / self.s.temperature
+        order = np.argsort(-z, kind="stable")
+        ids, z = ids[order], z[order]
+        p = np.exp(z - z[0])
+        p /= p.sum()
+        if self.s.top_p < 1:
+            keep = int(np.searchsorted(np.cumsum(p), self.s.top_p)) + 1
+            ids, p = ids[:keep], p[:keep] / p[:keep].sum()
+        if self.s.min_p > 0:
+            keep = int(np.count_nonzero(p >= self.s.min_p * p[0]))
+            ids, p = ids[:keep], p[:keep] / p[:keep].sum()
+        pick = int(np.searchsorted(np.cumsum(p), self.rng.random() * p.sum(), side="right"))
+        return int(ids[min(pick, len(ids) - 1)])

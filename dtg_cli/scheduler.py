@@ -1,0 +1,148 @@
+"""Continuous batching: tasks taken from a `Source` as slots free up, results handed back in input order.
+
+`schedule` is the loop behind `Generator.run`. It asks the generator to prepare each task, sizes the
+context from the first one, starts each variant of a task in a free slot, steps the `Decoder` and hands
+back `Outcome`s in input order, holding at most a window of finished ones that wait for an earlier one.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections import deque
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING
+
+from dtg_cli.decoding import Sequence
+from dtg_cli.errors import DtgError, SettingError, setting
+from dtg_cli.outcomes import Outcome, Stream, Task
+
+if TYPE_CHECKING:
+    from dtg_cli.engine import Generator, Prepared
+
+log = logging.getLogger("dtg")
+
+END = object()  # a source has no more items
+NOT_READY = object()  # a source has nothing yet; asking again later may give more
+
+
+class Source:
+    """Where `Generator.run` takes its items from, one at a time."""
+
+    def get(self, block: bool):
+        """The next item, END, or (only when not `block`) NOT_READY."""
+        raise NotImplementedError
+
+
+class QueuedSource(Source):
+    """Items of an iterable read by a background thread. The engine takes what has arrived without
+    waiting while it has sequences to decode, so a slow producer (a pipe) never stalls them, and a
+    producer that waits for each answer before writing the next prompt does not deadlock."""
+
+    def __init__(self, iterable: Iterable, maxsize: int = 256):
+        self._queue: queue.Queue = queue.Queue(maxsize)
+        self._empty = queue.Empty
+
+        def pump() -> None:
+            try:
+                for item in iterable:
+                    self._queue.put((True, item))
+                self._queue.put((True, END))
+            except BaseException as e:  # handed to the reader, which raises it
+                self._queue.put((False, e))
+
+        threading.Thread(target=pump, name="dtg-input", daemon=True).start()
+
+    def get(self, block: bool):
+        try:
+            ok, item = self._queue.get(block=block)
+        except self._empty:
+            return NOT_READY
+        if not ok:
+            raise item
+        if item is END:
+            self._queue.put((True, END))  # stays ended for any later call
+        return item
+
+
+class IterSource(Source):
+    """Items of an iterable, taken as they are needed."""
+
+    def __init__(self, iterable: Iterable):
+        self._it = iter(iterable)
+
+    def get(self, block: bool):
+        return next(self._it, END)
+
+
+def schedule(
+    generator: Generator, items: Iterable | Source, *, parallel: int | None, most: int | None, stream: Stream | None
+) -> Iterator[Outcome]:
+    """Generate for every `Task` of `items`, up to `parallel` sequences in one decode; a finished sequence's
+    slot takes the next waiting one at once. Outcomes come back in input order; items that are not tasks
+    pass through in their place. Sizes not given are chosen from the first task
+    (`Generator.context_per_sequence`, then `Generator.default_parallel`, at most `most`)."""
+    source = items if isinstance(items, Source) else IterSource(items)
+    waiting: deque[tuple[Prepared, int]] = deque()  # variants not in a slot yet
+    order: deque[list] = deque()  # [unit, outcome or None] in input order
+    slots: list[Sequence | None] = []
+    decoder = None
+    window = 0
+    index = 0
+    ended = False
+    while True:
+        active = sum(s is not None for s in slots)
+        # Take input while there are free slots to fill and the reorder window has room.
+        while not ended and len(waiting) < max(len(slots) - active, 1) and (not window or len(order) < window):
+            item = source.get(block=not active and not waiting)
+            if item is NOT_READY:
+                break
+            if item is END:
+                ended = True
+                break
+            if not isinstance(item, Task):
+                order.append([(index, 0), Outcome(item)])
+                index += 1
+                continue
+            try:
+                prepared = generator.prepare(item, index)
+                if decoder is None:
+                    n_ctx_seq = generator.context_per_sequence(len(prepared.input_ids), prepared.sampling.max_new_tokens)
+                    if parallel is None:
+                        parallel = min(generator.default_parallel(n_ctx_seq), most or generator.model.max_sequences())
+                    decoder = generator.decoder(parallel, n_ctx_seq)
+                    log.info(f"{parallel} sequences per decode, {n_ctx_seq} tokens of context each")
+                    slots = [None] * parallel
+                    window = max(4 * parallel, 64)
+                if len(prepared.input_ids) >= decoder.context.n_ctx:
+                    raise SettingError(
+                        f"the prompt is {len(prepared.input_ids)} tokens; each sequence has room for {decoder.context.n_ctx} "
+                        f"(a lower {setting('max_new_tokens')} leaves more)"
+                    )
+            except DtgError as e:
+                order.append([(index, 0), Outcome(item, error=e)])
+                index += 1
+                continue
+            for variant in range(prepared.request.num):
+                order.append([(index, variant), None])
+                waiting.append((prepared, variant))
+            index += 1
+        for i in range(len(slots)):
+            if slots[i] is None and waiting:
+                prepared, variant = waiting.popleft()
+                slots[i] = Sequence(prepared, variant, i, generator.tokenizer)
+                if stream:
+                    stream.start(slots[i].unit, prepared.layout)
+        while order and order[0][1] is not None:
+            yield order.popleft()[1]
+        if not any(slots):
+            if ended and not waiting and not order:
+                return
+            continue
+        for sequence in decoder.step(slots, lambda s, logits: generator.advance(s, logits, stream)):
+            slots[sequence.slot] = None
+            for entry in order:  # a finished sequence is usually near the front
+                if entry[0] == sequence.unit:
+                    entry[1] = Outcome(sequence.p.task, sequence.variant, result=generator.result(sequence))
+                    break
