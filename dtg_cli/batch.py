@@ -24,28 +24,12 @@ from dtg_cli.engine import Generator
 from dtg_cli.errors import DtgError, UsageError
 from dtg_cli.outcomes import Task
 from dtg_cli.scheduler import END, NOT_READY, IterSource, QueuedSource, Source
-from dtg_cli.settings import Request
+from dtg_cli.settings import SAMPLING, SETTING, Request
 from dtg_cli.tags import Style
 
 INPUT_FORMATS = ("txt", "jsonl", "toml")
 OUTPUT_FORMATS = ("text", "jsonl")
-SAMPLING_FIELDS = ("temperature", "top_p", "top_k", "min_p", "max_new_tokens")
-CONDITION_FIELDS = (
-    "tags",
-    "copyright",
-    "character",
-    "artist",
-    "quality",
-    "rating",
-    "aspect_ratio",
-    "width",
-    "height",
-    "length",
-    "identity",
-    "ban",
-    "auto",
-)
-RECORD_FIELDS = frozenset({"id", "seed", "num", *CONDITION_FIELDS, *SAMPLING_FIELDS})
+RECORD_FIELDS = frozenset({"id", *SETTING})  # every setting, and the record's id
 DEFAULT_FIELDS = RECORD_FIELDS - {"id"}  # in [defaults], `seed` is the base seed
 ASPECT_FIELDS = ("aspect_ratio", "width", "height")
 
@@ -375,24 +359,12 @@ class RecordKey:
 
 
 def _check_types(fields: dict) -> None:
-    def is_tags(v: Any) -> bool:
-        return isinstance(v, str) or (isinstance(v, list) and all(isinstance(t, str) for t in v))
-
     for name, value in fields.items():
-        if value is None:
-            continue
-        if name in ("tags", "copyright", "character", "artist", "quality", "ban") and not is_tags(value):
-            raise UsageError(f"{name}: {value!r} must be a string or a list of strings")
-        if name in ("rating", "length", "identity") and not isinstance(value, str):
-            raise UsageError(f"{name}: {value!r} must be a string")
-        if name == "auto" and not isinstance(value, bool):
-            raise UsageError(f"auto: {value!r} must be true or false")
-        if name in ("width", "height", "num", "seed") and (isinstance(value, bool) or not isinstance(value, int)):
-            raise UsageError(f"{name}: {value!r} must be an integer")
-        if name == "aspect_ratio" and (isinstance(value, bool) or not isinstance(value, (str, int, float))):
-            raise UsageError(f"aspect_ratio: {value!r} must be a name, a number or W:H")
-        if name == "id" and (isinstance(value, bool) or not isinstance(value, (str, int)) or value == ""):
-            raise UsageError(f"id: {value!r} must be a non-empty string or an integer")
+        if name == "id":
+            if isinstance(value, bool) or not isinstance(value, (str, int)) or value == "":
+                raise UsageError(f"id: {value!r} must be a non-empty string or an integer")
+        else:
+            SETTING[name].check_type(value)
 
 
 def build_task(record: Record, options: dict, file_defaults: dict, base_seed: int) -> Task:
@@ -410,15 +382,14 @@ def build_task(record: Record, options: dict, file_defaults: dict, base_seed: in
             for k in ASPECT_FIELDS:
                 merged.pop(k, None)
         merged.update(given)
-    sampling = {k: merged.pop(k) for k in SAMPLING_FIELDS if k in merged}
+    sampling = {k: merged.pop(k) for k in SAMPLING if k in merged}
     tags = merged.pop("tags", "")
     num = merged.pop("num", 1)
     request = Request.from_options(tags, sampling=sampling, num=num, **merged)  # a SettingError names the fields
     record_id = fields.get("id", record.line)
     seed = fields.get("seed")
     if seed is not None:
-        if not 0 <= seed < 2**32:
-            raise UsageError(f"seed: {seed} must be between 0 and 2**32 - 1")
+        SETTING["seed"].check(seed)
         if seed + num > 2**32:
             raise UsageError(f"seed: {seed} with num {num} runs past the largest seed, 4294967295")
         seeds = tuple(seed + v for v in range(num))

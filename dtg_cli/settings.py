@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
@@ -29,11 +29,109 @@ DEFAULT_IDENTITY = "lax"
 DEFAULT_ASPECT_RATIO = ASPECT_RATIOS["tall"]
 
 
-def _choice(value: str, choices: tuple[str, ...], name: str) -> str:
-    normal = value.strip().lower().replace("-", "_").replace(" ", "_")
-    if normal not in choices:
-        raise SettingError(f"{setting(name)}: {value!r} is not one of {', '.join(choices)}")
-    return normal
+@dataclass(frozen=True)
+class Setting:
+    """One setting of a request, declared once in `SETTINGS`: `Request`, `Sampling`, batch records and the
+    options of `dtg generate` and `dtg batch` are all derived from it."""
+
+    name: str  # the field name (a record's key, a keyword of `Request.from_options`); the flag is --name-with-dashes
+    kind: str  # tags, patterns, choice, aspect, int, float or bool
+    group: str  # prompt (what to read), condition (what the prompt states), sampling, or run (how many, what to ban)
+    help: str  # for --help; "{default}" is replaced by each family's default (sampling)
+    choices: tuple[str, ...] = ()
+    within: Callable[[Any], bool] | None = None  # the range of a number
+    limits: str = ""  # that range in words
+    panel: str = "Conditions"  # the --help panel of the option
+    option: bool = True  # an option of dtg generate and dtg batch (tags is their argument)
+    short: str | None = None  # the option's one-letter flag
+
+    def check_type(self, value: Any) -> None:
+        """Refuse a value of the wrong type, as JSON or TOML can give it (None is unset)."""
+        if value is None:
+            return
+        wrong = {
+            "tags": lambda v: not (isinstance(v, str) or (isinstance(v, (list, tuple)) and all(isinstance(t, str) for t in v))),
+            "patterns": lambda v: not (isinstance(v, str) or (isinstance(v, (list, tuple)) and all(isinstance(t, str) for t in v))),
+            "choice": lambda v: not isinstance(v, str),
+            "aspect": lambda v: isinstance(v, bool) or not isinstance(v, (str, int, float)),
+            "int": lambda v: isinstance(v, bool) or not isinstance(v, (int, float)) or not float(v).is_integer(),
+            "float": lambda v: isinstance(v, bool) or not isinstance(v, (int, float)),
+            "bool": lambda v: not isinstance(v, bool),
+        }[self.kind]
+        if wrong(value):
+            what = {
+                "tags": "a string or a list of strings",
+                "patterns": "a string or a list of strings",
+                "choice": "a string",
+                "aspect": "a name, a number or W:H",
+                "int": "an integer",
+                "float": "a number",
+                "bool": "true or false",
+            }[self.kind]
+            raise SettingError(f"{setting(self.name)}: {value!r} must be {what}")
+
+    def check(self, value: Any) -> Any:
+        """A value of this setting, checked (type, choices, range) and normalised; None stays None."""
+        self.check_type(value)
+        if value is None:
+            return None
+        if self.kind == "choice":
+            normal = value.strip().lower().replace("-", "_").replace(" ", "_")
+            if normal not in self.choices:
+                raise SettingError(f"{setting(self.name)}: {value!r} is not one of {', '.join(self.choices)}")
+            return normal
+        if self.kind == "aspect":
+            return parse_aspect_ratio(value)
+        if self.within is not None and not (math.isfinite(value) and self.within(value)):
+            raise SettingError(f"{setting(self.name)}: {value} must be {self.limits}")
+        return value
+
+
+_SAMPLING = "Sampling (defaults per model family)"
+_OUTPUT = "Output"
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("tags", "tags", "prompt", "The prompt's tags, comma-separated.", option=False),
+    Setting("copyright", "tags", "condition", "Copyright tags (comma-separated)."),
+    Setting("character", "tags", "condition", "Character tags (comma-separated)."),
+    Setting("artist", "tags", "condition", "Artist tags (DanTagGen)."),
+    Setting("quality", "tags", "condition", "DanTagGen delta: quality tags, e.g. masterpiece."),
+    Setting("rating", "choice", "condition", "sfw, general, sensitive, nsfw, questionable or explicit (default: sfw).", RATINGS),
+    Setting(
+        "aspect_ratio", "aspect", "condition", "ultra_tall, tall, square, wide, ultra_wide, a number (width/height) or W:H (default: tall)."
+    ),
+    Setting("width", "int", "condition", "Image width; with --height, instead of --aspect-ratio."),
+    Setting("height", "int", "condition", "Image height."),
+    Setting("length", "choice", "condition", "very_short, short, medium, long or very_long (default: long).", LENGTHS),
+    Setting("identity", "choice", "condition", "Dart SFT: none, lax or strict, how closely to keep the given subjects (default: lax).", IDENTITIES),
+    Setting(
+        "auto",
+        "bool",
+        "prompt",
+        "Sort a flat tag list into the prompt's fields (character, copyright, artist, rating, quality, general) by the tag "
+        "database (default: on); a field's own flag wins.",
+    ),
+    Setting("temperature", "float", "sampling", "0 is greedy (default: {default}).", within=lambda v: 0 <= v <= 100, limits="between 0 and 100", panel=_SAMPLING),
+    Setting("top_p", "float", "sampling", "Nucleus sampling, 1 is off (default: {default}).", within=lambda v: 0 < v <= 1, limits="in (0, 1]", panel=_SAMPLING),
+    Setting("top_k", "int", "sampling", "Keep the k likeliest tokens, 0 is off (default: {default}).", within=lambda v: v >= 0, limits="0 or more", panel=_SAMPLING),
+    Setting(
+        "min_p", "float", "sampling", "Drop tokens below this fraction of the likeliest, 0 is off (default: {default}).",
+        within=lambda v: 0 <= v < 1, limits="in [0, 1)", panel=_SAMPLING,
+    ),
+    Setting(
+        "max_new_tokens", "int", "sampling", "Token budget per result (default: {default}).",
+        within=lambda v: 1 <= v <= 4096, limits="between 1 and 4096", panel=_SAMPLING,
+    ),
+    Setting(
+        "seed", "int", "sampling", "Seed of the first result (the next get seed+1, ...); default: random.",
+        within=lambda v: 0 <= v < 2**32, limits="between 0 and 2**32 - 1", panel=_SAMPLING,
+    ),
+    Setting("ban", "patterns", "run", "A tag that must not appear: a glob such as '*hair*' or re:REGEX. Repeatable.", panel=_SAMPLING),
+    Setting("num", "int", "run", "Results per prompt, with seeds seed, seed+1, ...", within=lambda v: 1 <= v <= 1000, limits="between 1 and 1000", panel=_OUTPUT, short="-n"),
+)  # fmt: skip
+SETTING = {s.name: s for s in SETTINGS}
+CONDITIONS = tuple(s.name for s in SETTINGS if s.group == "condition" and s.name not in ("width", "height"))  # Request fields
+SAMPLING = tuple(s.name for s in SETTINGS if s.group == "sampling")
 
 
 def parse_aspect_ratio(value: str | float | int) -> float:
@@ -74,31 +172,8 @@ class Sampling:
     seed: int | None = None  # None: a random seed, reported with the result
 
     def __post_init__(self):
-        checks = {
-            "temperature": lambda v: 0 <= v <= 100,
-            "top_p": lambda v: 0 < v <= 1,
-            "top_k": lambda v: v >= 0,
-            "min_p": lambda v: 0 <= v < 1,
-            "max_new_tokens": lambda v: 1 <= v <= 4096,
-            "seed": lambda v: 0 <= v < 2**32,
-        }
-        limits = {
-            "temperature": "between 0 and 100",
-            "top_p": "in (0, 1]",
-            "top_k": "0 or more",
-            "min_p": "in [0, 1)",
-            "max_new_tokens": "between 1 and 4096",
-            "seed": "between 0 and 2**32 - 1",
-        }
-        for name, ok in checks.items():
-            value = getattr(self, name)
-            if value is None:
-                continue
-            kind = int if name in ("top_k", "max_new_tokens", "seed") else float
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not float(value).is_integer()):
-                raise SettingError(f"{setting(name)}: {value!r} is not {'an integer' if kind is int else 'a number'}")
-            if not (math.isfinite(value) and ok(value)):
-                raise SettingError(f"{setting(name)}: {value} must be {limits[name]}")
+        for f in fields(self):
+            SETTING[f.name].check(getattr(self, f.name))
 
     def with_defaults(self, defaults: Sampling) -> Sampling:
         """These settings with every unset value taken from `defaults`."""
@@ -124,24 +199,20 @@ class Request:
     sampling: Sampling = field(default_factory=Sampling)
 
     def __post_init__(self):
-        if self.rating is not None:
-            object.__setattr__(self, "rating", _choice(self.rating, RATINGS, "rating"))
-        if self.length is not None:
-            object.__setattr__(self, "length", _choice(self.length, LENGTHS, "length"))
-        if self.identity is not None:
-            object.__setattr__(self, "identity", _choice(self.identity, IDENTITIES, "identity"))
-        if self.aspect_ratio is not None:
-            object.__setattr__(self, "aspect_ratio", parse_aspect_ratio(self.aspect_ratio))
-        if not isinstance(self.auto, bool):
-            raise SettingError(f"{setting('auto')}: {self.auto!r} must be true or false")
-        if isinstance(self.num, bool) or not isinstance(self.num, int) or not 1 <= self.num <= 1000:
-            raise SettingError(f"{setting('num')}: {self.num!r} must be an integer between 1 and 1000")
+        for name in ("rating", "aspect_ratio", "length", "identity", "auto", "num"):
+            object.__setattr__(self, name, SETTING[name].check(getattr(self, name)))
         compile_bans(self.ban)  # a bad pattern is an error now, not after the model has loaded
 
     def conditions(self) -> list[str]:
-        """The option names of the conditions this request sets (to check them against a prompt format)."""
-        names = ["copyright", "character", "artist", "quality", "rating", "aspect_ratio", "length", "identity"]
-        return [n for n in names if getattr(self, n) not in (None, ())]
+        """The names of the conditions this request sets (to check them against a prompt format)."""
+        return [n for n in CONDITIONS if getattr(self, n) not in (None, ())]
+
+    @classmethod
+    def from_settings(cls, values: Mapping[str, Any]) -> Request:
+        """Build a request from values named as in `SETTINGS` (None: not given); raises UsageError."""
+        given = {k: v for k, v in values.items() if v is not None}
+        sampling = {k: given.pop(k) for k in SAMPLING if k in given}
+        return cls.from_options(given.pop("tags", ""), sampling=sampling, **given)
 
     @classmethod
     def from_options(
@@ -156,6 +227,9 @@ class Request:
     ) -> Request:
         """Build a request from loose values: comma-separated strings or lists for tag fields, width and
         height instead of an aspect ratio, sampling as a mapping. Raises UsageError on anything invalid."""
+        for name, value in (("width", width), ("height", height), *conditions.items()):
+            if name in SETTING:
+                SETTING[name].check_type(value)
         if (width is None) != (height is None):
             raise SettingError(f"{setting('width')} and {setting('height')} go together")
         if width is not None:
@@ -165,7 +239,7 @@ class Request:
                 raise SettingError(f"{setting('width')}/{setting('height')}: {width}x{height} must be positive integers")
             aspect_ratio = width / height
         values: dict[str, Any] = {}
-        for name in ("copyright", "character", "artist", "quality", "ban"):
+        for name in (s.name for s in SETTINGS if s.kind in ("tags", "patterns") and s.name != "tags"):
             value = conditions.pop(name, None)
             if value and name == "ban":
                 values[name] = (value,) if isinstance(value, str) else tuple(value)  # patterns may hold commas
@@ -177,7 +251,11 @@ class Request:
             if unknown:
                 raise UsageError(f"unknown sampling setting {', '.join(sorted(unknown))} (known: {', '.join(sorted(known))})")
             sampling = Sampling(**sampling)
-        unknown = set(conditions) - {"rating", "length", "identity", "num", "auto"}
+        unknown = (
+            set(conditions)
+            - {s.name for s in SETTINGS if s.group != "sampling" and s.kind not in ("tags", "patterns")}
+            - {"width", "height", "aspect_ratio"}
+        )
         if unknown:
             raise UsageError(f"unknown setting {', '.join(sorted(unknown))}")
         return cls(

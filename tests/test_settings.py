@@ -40,7 +40,7 @@ def test_bad_aspect_ratios(value):
         ({"sampling": {"min_p": 1.0}}, "--min-p"),
         ({"sampling": {"max_new_tokens": 0}}, "--max-new-tokens"),
         ({"sampling": {"seed": 2**32}}, "--seed"),
-        ({"sampling": {"top_k": 2.5}}, "--top-k: 2.5 is not an integer"),
+        ({"sampling": {"top_k": 2.5}}, "--top-k: 2.5 must be an integer"),
         ({"sampling": {"temprature": 1}}, "unknown sampling setting temprature"),
         ({"colour": "red"}, "unknown setting colour"),
     ],
@@ -126,3 +126,22 @@ def test_registry_validation(text, message):
 
     with pytest.raises(DtgError, match=message):
         parse_registry(text)
+
+
+def test_every_setting_is_an_option_of_both_commands_and_a_batch_field():
+    """The settings table is the one declaration: each entry becomes a flag of dtg generate and dtg batch
+    and a field a batch record may hold."""
+    import typer.main
+
+    from dtg_cli.batch import RECORD_FIELDS
+    from dtg_cli.cli import app
+    from dtg_cli.settings import SETTINGS
+
+    commands = typer.main.get_command(app).commands
+    for name in ("generate", "batch"):
+        flags = {opt for param in commands[name].params for opt in (*param.opts, *param.secondary_opts)}
+        for item in SETTINGS:
+            if item.option:
+                assert f"--{item.name.replace('_', '-')}" in flags, (name, item.name)
+    assert {item.name for item in SETTINGS} | {"id"} == RECORD_FIELDS
+    assert "-n" in {opt for p in commands["generate"].params for opt in p.opts}

@@ -12,42 +12,30 @@ import typer
 from dtg_cli.cli.app import app
 from dtg_cli.cli.options import (
     _OUTPUT,
-    _SAMPLING,
-    Artist,
-    AspectRatio,
-    Auto,
-    Ban,
-    Character,
-    Copyright,
     EscapeTags,
     GpuLayers,
-    Height,
-    Identity,
-    Length,
-    MaxNewTokens,
-    MinP,
     ModelName,
     Order,
     Parallel,
     PromptFormat,
-    Quality,
     Quant,
-    Rating,
-    Temperature,
     Template,
     Threads,
-    TopK,
-    TopP,
     Underscores,
     Verbose,
-    Width,
     _style,
+    with_settings,
 )
 from dtg_cli.cli.ui import BatchProgress, StderrProgress, err, escape, setup_logging
 from dtg_cli.errors import DtgError
 
 
 @app.command()
+@with_settings(
+    seed="Base seed. A record without its own seed gets, for each result, a seed derived from the base seed, its id (its line "
+    "number if it has none) and the result's number (default: the file's \\[defaults] seed, else 0).",
+    num="Results per record (default: 1).",
+)
 def batch(
     input_path: Annotated[
         str,
@@ -67,32 +55,6 @@ def batch(
     n_gpu_layers: GpuLayers = -1,
     threads: Threads = None,
     parallel: Parallel = None,
-    copyright: Copyright = None,
-    character: Character = None,
-    artist: Artist = None,
-    rating: Rating = None,
-    aspect_ratio: AspectRatio = None,
-    width: Width = None,
-    height: Height = None,
-    length: Length = None,
-    identity: Identity = None,
-    quality: Quality = None,
-    auto: Auto = None,
-    temperature: Temperature = None,
-    top_p: TopP = None,
-    top_k: TopK = None,
-    min_p: MinP = None,
-    max_new_tokens: MaxNewTokens = None,
-    seed: Annotated[
-        int | None,
-        typer.Option(
-            help="Base seed. A record without its own seed gets, for each result, a seed derived from the base seed, "
-            "its id (its line number if it has none) and the result's number (default: the file's \\[defaults] seed, else 0).",
-            rich_help_panel=_SAMPLING,
-        ),
-    ] = None,
-    ban: Ban = None,
-    num: Annotated[int | None, typer.Option("--num", "-n", help="Results per record (default: 1).", rich_help_panel=_OUTPUT)] = None,
     output_format: Annotated[
         str | None, typer.Option("--format", help="text or jsonl (default: from the -o name; text on stdout).", rich_help_panel=_OUTPUT)
     ] = None,
@@ -118,6 +80,7 @@ def batch(
         ),
     ] = None,
     verbose: Verbose = False,
+    settings: dict | None = None,
 ) -> None:
     """Generate for every prompt of INPUT, many sequences at a time, writing results in input order.
 
@@ -129,7 +92,7 @@ def batch(
 
     from dtg_cli import batch as batching
     from dtg_cli.generate import open_model
-    from dtg_cli.settings import Request, Sampling
+    from dtg_cli.settings import Request
 
     setup_logging(verbose)
     style = _style(order, template, escape_tags, underscores)
@@ -139,20 +102,9 @@ def batch(
     if input_format is not None:
         batching.input_format(input_path, input_format, None)
     batching.check_input(input_path)
-    options = {
-        "copyright": copyright, "character": character, "artist": artist, "quality": quality, "rating": rating,
-        "aspect_ratio": aspect_ratio, "width": width, "height": height, "length": length, "identity": identity,
-        "ban": ban or None, "num": num, "temperature": temperature, "top_p": top_p, "top_k": top_k, "min_p": min_p,
-        "max_new_tokens": max_new_tokens, "auto": auto,
-    }  # fmt: skip
-    sampling = Sampling(temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p, max_new_tokens=max_new_tokens, seed=seed)
-    conditions = {
-        k: options[k]
-        for k in ("copyright", "character", "artist", "quality", "rating", "aspect_ratio", "width", "height", "length", "identity")
-    }
-    base = Request.from_options(
-        "", sampling=sampling, ban=ban or (), num=num if num is not None else 1, **conditions
-    )  # bad values fail before loading
+    seed = settings.pop("seed")  # the base seed of the records' own seeds
+    options = {**settings, "ban": settings["ban"] or None}
+    base = Request.from_settings({**options, "seed": seed})  # bad values fail before loading
     with StderrProgress() as progress:
         generator = open_model(
             model, quant, prompt_format=prompt_format, n_gpu_layers=n_gpu_layers, threads=threads, progress=progress, request=base

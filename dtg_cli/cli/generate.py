@@ -11,42 +11,26 @@ import typer
 from dtg_cli.cli.app import app
 from dtg_cli.cli.options import (
     _OUTPUT,
-    _SAMPLING,
-    Artist,
-    AspectRatio,
-    Auto,
-    Ban,
-    Character,
-    Copyright,
     EscapeTags,
     GpuLayers,
-    Height,
-    Identity,
-    Length,
-    MaxNewTokens,
-    MinP,
     ModelName,
     Order,
     Parallel,
     PromptFormat,
-    Quality,
     Quant,
-    Rating,
-    Temperature,
     Template,
     Threads,
-    TopK,
-    TopP,
     Underscores,
     Verbose,
-    Width,
     _style,
+    with_settings,
 )
 from dtg_cli.cli.ui import ResultOutput, StderrProgress, setup_logging
 from dtg_cli.errors import DtgError
 
 
 @app.command(no_args_is_help=False)
+@with_settings()
 def generate(
     tags: Annotated[
         str | None,
@@ -60,27 +44,6 @@ def generate(
     n_gpu_layers: GpuLayers = -1,
     threads: Threads = None,
     parallel: Parallel = None,
-    copyright: Copyright = None,
-    character: Character = None,
-    artist: Artist = None,
-    rating: Rating = None,
-    aspect_ratio: AspectRatio = None,
-    width: Width = None,
-    height: Height = None,
-    length: Length = None,
-    identity: Identity = None,
-    quality: Quality = None,
-    auto: Auto = None,
-    temperature: Temperature = None,
-    top_p: TopP = None,
-    top_k: TopK = None,
-    min_p: MinP = None,
-    max_new_tokens: MaxNewTokens = None,
-    seed: Annotated[
-        int | None, typer.Option(help="Seed of the first result (the next get seed+1, ...); default: random.", rich_help_panel=_SAMPLING)
-    ] = None,
-    ban: Ban = None,
-    num: Annotated[int, typer.Option("--num", "-n", help="Results per prompt, with seeds seed, seed+1, ...", rich_help_panel=_OUTPUT)] = 1,
     output_format: Annotated[
         str, typer.Option("--format", help="text (one line per result), json (an array) or jsonl.", rich_help_panel=_OUTPUT)
     ] = "text",
@@ -89,6 +52,7 @@ def generate(
     escape_tags: EscapeTags = None,
     underscores: Underscores = False,
     verbose: Verbose = False,
+    settings: dict | None = None,
 ) -> None:
     """Generate tags from TAGS: the given tags, then the model's new ones, one line per result.
 
@@ -99,20 +63,14 @@ def generate(
 
     from dtg_cli.errors import UsageError
     from dtg_cli.generate import open_model
-    from dtg_cli.settings import Request, Sampling
+    from dtg_cli.settings import Request
     from dtg_cli.tags import split_tags
 
     setup_logging(verbose)
     if output_format not in ("text", "json", "jsonl"):
         raise UsageError(f"--format: {output_format!r} is not one of text, json, jsonl")
     style = _style(order, template, escape_tags, underscores)
-    sampling = Sampling(temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p, max_new_tokens=max_new_tokens, seed=seed)
-    base = Request.from_options(
-        "" if tags in (None, "-") else tags,
-        copyright=copyright, character=character, artist=artist, quality=quality, rating=rating,
-        aspect_ratio=aspect_ratio, width=width, height=height, length=length, identity=identity,
-        ban=ban or (), num=num, sampling=sampling, auto=auto is not False,
-    )  # fmt: skip
+    base = Request.from_settings({**settings, "tags": "" if tags in (None, "-") else tags})
     lines = _input_lines(tags)
     first = next(lines, None) if lines is not None else None
     if lines is not None and first is None:

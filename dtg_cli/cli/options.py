@@ -24,7 +24,6 @@ Parallel = Annotated[
 
 
 _SAMPLING = "Sampling (defaults per model family)"
-_CONDITIONS = "Conditions"
 _MODEL = "Model"
 _OUTPUT = "Output"
 
@@ -55,51 +54,6 @@ PromptFormat = Annotated[
     ),
 ]
 GpuLayers = Annotated[int, typer.Option(help="Layers to offload to the GPU (-1: all; ignored by CPU-only builds).", rich_help_panel=_MODEL)]
-Copyright = Annotated[str | None, typer.Option(help="Copyright tags (comma-separated).", rich_help_panel=_CONDITIONS)]
-Character = Annotated[str | None, typer.Option(help="Character tags (comma-separated).", rich_help_panel=_CONDITIONS)]
-Artist = Annotated[str | None, typer.Option(help="Artist tags (DanTagGen).", rich_help_panel=_CONDITIONS)]
-Rating = Annotated[
-    str | None, typer.Option(help="sfw, general, sensitive, nsfw, questionable or explicit (default: sfw).", rich_help_panel=_CONDITIONS)
-]
-AspectRatio = Annotated[
-    str | None,
-    typer.Option(
-        help="ultra_tall, tall, square, wide, ultra_wide, a number (width/height) or W:H (default: tall).", rich_help_panel=_CONDITIONS
-    ),
-]
-Width = Annotated[int | None, typer.Option(help="Image width; with --height, instead of --aspect-ratio.", rich_help_panel=_CONDITIONS)]
-Height = Annotated[int | None, typer.Option(help="Image height.", rich_help_panel=_CONDITIONS)]
-Length = Annotated[
-    str | None, typer.Option(help="very_short, short, medium, long or very_long (default: long).", rich_help_panel=_CONDITIONS)
-]
-Identity = Annotated[
-    str | None,
-    typer.Option(help="Dart SFT: none, lax or strict, how closely to keep the given subjects (default: lax).", rich_help_panel=_CONDITIONS),
-]
-Quality = Annotated[str | None, typer.Option(help="DanTagGen delta: quality tags, e.g. masterpiece.", rich_help_panel=_CONDITIONS)]
-Temperature = Annotated[
-    float | None, typer.Option(help=f"0 is greedy (default: {_family_default('temperature')}).", rich_help_panel=_SAMPLING)
-]
-TopP = Annotated[
-    float | None, typer.Option(help=f"Nucleus sampling, 1 is off (default: {_family_default('top_p')}).", rich_help_panel=_SAMPLING)
-]
-TopK = Annotated[
-    int | None,
-    typer.Option(help=f"Keep the k likeliest tokens, 0 is off (default: {_family_default('top_k')}).", rich_help_panel=_SAMPLING),
-]
-MinP = Annotated[
-    float | None,
-    typer.Option(
-        help=f"Drop tokens below this fraction of the likeliest, 0 is off (default: {_family_default('min_p')}).", rich_help_panel=_SAMPLING
-    ),
-]
-MaxNewTokens = Annotated[
-    int | None, typer.Option(help=f"Token budget per result (default: {_family_default('max_new_tokens')}).", rich_help_panel=_SAMPLING)
-]
-Ban = Annotated[
-    list[str] | None,
-    typer.Option(help="A tag that must not appear: a glob such as '*hair*' or re:REGEX. Repeatable.", rich_help_panel=_SAMPLING),
-]
 EscapeTags = Annotated[
     bool | None,
     typer.Option(
@@ -126,15 +80,6 @@ Underscores = Annotated[
     bool,
     typer.Option("--underscores", help="Write tags with underscores (long_hair), for models trained on them.", rich_help_panel=_OUTPUT),
 ]
-Auto = Annotated[
-    bool | None,
-    typer.Option(
-        "--auto/--no-auto",
-        help="Sort a flat tag list into the prompt's fields (character, copyright, artist, rating, quality, general) by the tag "
-        "database (default: on); a field's own flag wins.",
-        rich_help_panel=_CONDITIONS,
-    ),
-]
 
 
 def _style(order: str | None, template: str | None, escape_tags: bool | None, underscores: bool):
@@ -146,3 +91,47 @@ def _style(order: str | None, template: str | None, escape_tags: bool | None, un
         escape=escape_tags,
         underscores=underscores,
     )
+
+
+def _annotation(item):
+    """The Typer type and option of one setting of `dtg_cli.settings.SETTINGS`."""
+    from dtg_cli.settings import Setting
+
+    assert isinstance(item, Setting)
+    kind = {"tags": str, "choice": str, "aspect": str, "int": int, "float": float, "bool": bool, "patterns": list[str]}[item.kind]
+    decls = [f"--{item.name.replace('_', '-')}"]
+    if item.kind == "bool":
+        decls = [f"{decls[0]}/--no-{item.name.replace('_', '-')}"]
+    if item.short:
+        decls.append(item.short)
+    help_text = item.help.replace("{default}", _family_default(item.name)) if "{default}" in item.help else item.help
+    return Annotated[kind | None, typer.Option(*decls, help=help_text, rich_help_panel=item.panel)]
+
+
+def with_settings(**helps: str):
+    """Give a command an option for every setting of `dtg_cli.settings.SETTINGS` (`helps` rewords some for
+    this command); the command receives their values as one dict, `settings`, None where not given."""
+    import functools
+    import inspect
+    from dataclasses import replace
+
+    from dtg_cli.settings import SETTINGS
+
+    def decorate(command):
+        signature = inspect.signature(command, eval_str=True)
+        own = [p for p in signature.parameters.values() if p.name != "settings"]
+        chosen = [replace(item, help=helps[item.name]) if item.name in helps else item for item in SETTINGS if item.option]
+        added = [
+            inspect.Parameter(item.name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=_annotation(item)) for item in chosen
+        ]
+        names = [item.name for item in chosen]
+
+        @functools.wraps(command)
+        def wrapper(**values):
+            return command(settings={name: values.pop(name) for name in names}, **values)
+
+        wrapper.__signature__ = signature.replace(parameters=own + added)
+        wrapper.__annotations__ = {p.name: p.annotation for p in own + added}
+        return wrapper
+
+    return decorate
