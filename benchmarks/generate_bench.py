@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import selectors
 import shutil
 import statistics
@@ -102,7 +103,7 @@ def main() -> None:
     rows = {"dtg": [], "transformers": []}
     input_ids = None
     for seed in range(1, args.runs + 1):
-        wall, rss, out = run_and_measure(
+        wall, rss, out, err = run_and_measure(
             [
                 *dtg_command,
                 "generate",
@@ -117,11 +118,14 @@ def main() -> None:
                 str(args.threads),
                 "--format",
                 "json",
-            ]  # fmt: skip
+                "-v",
+            ],  # fmt: skip
+            want_stderr=True,
         )
         (record,) = json.loads(out)
         input_ids = record["input_ids"]
-        rows["dtg"].append((wall, record["timings"]["tokens_per_s"], len(record["new_tags"]), rss))
+        rate = re.search(r"tokens in [0-9.]+ s \(([0-9.]+) tokens/s\)", err)  # the -v line of each result
+        rows["dtg"].append((wall, float(rate[1]), len(record["new_tags"]), rss))
         wall, rss, out = run_and_measure(
             [sys.executable, "-c", TRANSFORMERS, str(checkpoint), json.dumps(input_ids), str(args.new_tokens), str(seed), str(args.threads)]
         )

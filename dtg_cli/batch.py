@@ -23,6 +23,7 @@ from typing import Any
 from dtg_cli.engine import Generator
 from dtg_cli.errors import DtgError, UsageError
 from dtg_cli.outcomes import Task
+from dtg_cli.output import ResultWriter
 from dtg_cli.scheduler import END, NOT_READY, IterSource, QueuedSource, Source
 from dtg_cli.settings import SAMPLING, SETTING, Request
 from dtg_cli.tags import Style
@@ -483,6 +484,7 @@ class Output:
         self.kind = kind
         self.style = style
         self.resume_point = ResumePoint(0, None)
+        self._writer: ResultWriter | None = None
         check_output(path, resume=resume, force=force, input_path=input_path)
         self.path = None if path in (None, "-") else Path(path)
         if self.path is None:
@@ -540,35 +542,9 @@ class Output:
         return UsageError(f"{self.path}:{number}: {why}; --resume continues only a file this command wrote (--force replaces it)")
 
     def write(self, result, key: RecordKey, variant: int) -> None:
-        written = result.written(self.style)
-        if self.kind == "text":
-            text = written["text"] + "\n"
-        else:
-            record = {
-                "id": key.record_id,
-                "record": key.index,
-                "line": key.line,
-                "variant": variant,
-                "seed": result.seed,
-                "model": result.model,
-                "conditions": result.conditions,
-                "sampling": result.sampling,
-                "input_tags": written["input_tags"],
-                "new_tags": written["new_tags"],
-                "tags": written["tags"],
-                "text": written["text"],
-                "stop": result.stop,
-            }
-            text = json.dumps(record, ensure_ascii=False) + "\n"
-        if self._file is None:
-            sys.stdout.write(text)
-            sys.stdout.flush()
-        else:
-            try:
-                self._file.write(text.encode("utf-8"))
-                self._file.flush()
-            except OSError as e:
-                raise DtgError(f"-o {self.path}: cannot write the results ({e.strerror})") from None
+        if self._writer is None:
+            self._writer = ResultWriter(self.kind, self.style, self._file, str(self.path))
+        self._writer.write(result, {"id": key.record_id, "record": key.index, "line": key.line, "variant": variant})
 
     def close(self) -> None:
         if self._file is not None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
 from dtg_cli.errors import DtgError
@@ -38,9 +38,6 @@ class Result:
     continuations: list[dict] = field(default_factory=list)  # DanTagGen retries: prompt and output ids each
     conditions: dict = field(default_factory=dict)  # the conditions the prompt was built with, defaults included
     layout: Layout | None = field(default=None, repr=False)  # what the user wrote, for `dtg_cli.tags.render`
-
-    def to_dict(self) -> dict:
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "layout"}
 
     def written(self, style: Style = Style()) -> dict:
         """The result as dtg writes it in `style`: the line (`text`, in the user's syntax) and tag lists."""

@@ -185,6 +185,39 @@ class Reading:
     outside: list[Known]  # tags kept in the output only (meta, artists for Dart, extra rating words...)
 
 
+def check_tags(text: str, vocabulary: Collection[str] | None = None) -> list[dict]:
+    """What `dtg tags check` shows for each tag of a prompt (web-UI syntax welcome): `input` (as written),
+    `tag` (canonical), `category`, `posts`, `alias`, `unknown` (to the database), `model_knows` (None without
+    a one-token-per-tag `vocabulary`, and for rating and quality words, which are conditions) and
+    `suggestions` for a tag that is unknown either way. Raises UsageError when the text holds no tag."""
+    from dtg_cli.syntax import parse
+    from dtg_cli.tagdb import database
+
+    pieces, _ = parse(text)
+    inputs = [p for p in pieces if p.kind == "tag"]
+    if not inputs:
+        what = "only " + ", ".join(sorted({p.kind + "s" for p in pieces})) if pieces else "nothing"
+        raise UsageError(f"no tags to check: the input holds {what}")
+    allowed = vocabulary.__contains__ if vocabulary is not None else None
+    rows = []
+    for piece in inputs:
+        known = identify(piece.text)
+        condition = known.category in ("rating", "quality")  # prompt conditions, not vocabulary tags
+        in_model = None if vocabulary is None or condition else model_form(known.name, vocabulary) in vocabulary
+        problem = known.unknown or in_model is False
+        rows.append({
+            "input": piece.wrapped(),
+            "tag": known.name,
+            "category": known.category,
+            "posts": known.count,
+            "alias": known.alias,
+            "unknown": known.unknown,
+            "model_knows": in_model,
+            "suggestions": database().suggest(known.name, allowed=allowed) if problem else [],
+        })  # fmt: skip
+    return rows
+
+
 class UnknownTags:
     """Input tags a model cannot read as tags (`Reading.unknown`), counted over a run. With `warn`, each one
     is warned about once, with suggestions; `summary` says what a run without warnings met."""

@@ -63,12 +63,12 @@ def generate(
 
     from dtg_cli.errors import UsageError
     from dtg_cli.generate import open_model
+    from dtg_cli.output import check_kind
     from dtg_cli.settings import Request
     from dtg_cli.tags import split_tags
 
     setup_logging(verbose)
-    if output_format not in ("text", "json", "jsonl"):
-        raise UsageError(f"--format: {output_format!r} is not one of text, json, jsonl")
+    check_kind(output_format)
     style = _style(order, template, escape_tags, underscores)
     base = Request.from_settings({**settings, "tags": "" if tags in (None, "-") else tags})
     lines = _input_lines(tags)

@@ -41,12 +41,9 @@ def tags_check(
     """
     import json
 
-    from dtg_cli.errors import UsageError
     from dtg_cli.quants import parse_quant
     from dtg_cli.store import tag_vocabulary
-    from dtg_cli.syntax import parse
-    from dtg_cli.tagdb import database
-    from dtg_cli.tags import identify, model_form
+    from dtg_cli.tags import check_tags
 
     output_format = _table_format(output_format)
     if tags == "-":
@@ -56,31 +53,10 @@ def tags_check(
         text = "\n".join(lines)
     else:
         text = tags
-    pieces, _ = parse(text)
-    inputs = [p for p in pieces if p.kind == "tag"]
-    if not inputs:
-        what = "only " + ", ".join(sorted({p.kind + "s" for p in pieces})) if pieces else "nothing"
-        raise UsageError(f"no tags to check: the input holds {what}")
     name, vocabulary, why = tag_vocabulary(model, parse_quant(quant))
     if why:
         err.print(f"[yellow]note:[/] {escape(why)}", soft_wrap=True)
-    allowed = vocabulary.__contains__ if vocabulary is not None else None
-    rows = []
-    for piece in inputs:
-        known = identify(piece.text)
-        condition = known.category in ("rating", "quality")  # prompt conditions, not vocabulary tags
-        in_model = None if vocabulary is None or condition else model_form(known.name, vocabulary) in vocabulary
-        problem = known.unknown or in_model is False
-        rows.append({
-            "input": piece.wrapped(),
-            "tag": known.name,
-            "category": known.category,
-            "posts": known.count,
-            "alias": known.alias,
-            "unknown": known.unknown,
-            "model_knows": in_model,
-            "suggestions": database().suggest(known.name, allowed=allowed) if problem else [],
-        })  # fmt: skip
+    rows = check_tags(text, vocabulary)
     if output_format == "json":
         sys.stdout.write(json.dumps({"model": name, "tags": rows}, ensure_ascii=False, indent=2) + "\n")
     else:

@@ -93,16 +93,17 @@ class StderrProgress:
 
 
 class ResultOutput:
-    """Results on stdout: text lines (tags streamed live on a terminal), a JSON array, or JSON lines."""
+    """Results on stdout (`dtg_cli.output.ResultWriter`), with the tags of text lines streamed live on a terminal."""
 
     def __init__(self, kind: str, style):
         from rich.console import Console  # start-up: see _LazyConsole
 
-        self.kind = kind
+        from dtg_cli.output import ResultWriter
+
+        self.writer = ResultWriter(kind, style)
         self.style = style
         self.console = Console(highlight=False, soft_wrap=True, emoji=False)
         self.live = kind == "text" and self.console.is_terminal and style.order == "model"  # other orders need the whole result
-        self.count = 0
         self.stream = LiveLine(self) if self.live else None
 
     def __enter__(self):
@@ -112,28 +113,14 @@ class ResultOutput:
         # Also on Ctrl-C: what was written stays valid (the array is closed, a live line is ended).
         if self.stream is not None and self.stream.open:
             self.console.print()
-        if self.kind == "json" and (self.count or exc[0] is None):
-            sys.stdout.write("\n]\n" if self.count else "[]\n")  # nothing at all for a run that failed at once
+        self.writer.close(failed=exc[0] is not None)
         sys.stdout.flush()
 
     def write(self, result) -> None:
-        import json
-
-        written = result.written(self.style)
-        if self.kind == "text":
-            if self.live:
-                self.stream.finished()
-            else:
-                sys.stdout.write(written["text"] + "\n")
+        if self.live:
+            self.stream.finished()
         else:
-            record = result.to_dict()
-            record.update(written)
-            if self.kind == "json":
-                sys.stdout.write(("," if self.count else "[") + "\n" + json.dumps(record, ensure_ascii=False, indent=2))
-            else:
-                sys.stdout.write(json.dumps(record, ensure_ascii=False) + "\n")
-        self.count += 1
-        sys.stdout.flush()
+            self.writer.write(result)
 
 
 class LiveLine:

@@ -1,0 +1,80 @@
+"""What dtg writes for a result: one record (the same keys whichever command wrote it) and one writer for
+text lines, a JSON array and JSON lines. The README's "Result records" section documents the keys."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import IO, Any
+
+from dtg_cli.errors import DtgError, UsageError
+from dtg_cli.outcomes import Result
+from dtg_cli.tags import Style
+
+KINDS = ("text", "json", "jsonl")
+
+
+def result_record(result: Result, style: Style = Style(), place: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A result as dtg writes it in JSON. `place` says where it comes from in a batch input (id, record, line,
+    variant) and comes first; the other keys are the same for every command."""
+    written = result.written(style)
+    return {
+        **(place or {}),
+        "seed": result.seed,
+        "model": result.model,
+        "conditions": result.conditions,  # as the prompt states them, defaults included
+        "sampling": result.sampling,
+        "input_tags": written["input_tags"],
+        "new_tags": written["new_tags"],
+        "tags": written["tags"],
+        "text": written["text"],  # the line the text format writes
+        "stop": result.stop,
+        "prompt": result.prompt,  # the exact model input
+        "input_ids": result.input_ids,
+        "output_ids": result.output_ids,
+        "continuations": result.continuations,
+    }
+
+
+def check_kind(kind: str, allowed: tuple[str, ...] = KINDS) -> str:
+    if kind not in allowed:
+        raise UsageError(f"--format: {kind!r} is not one of {', '.join(allowed)}")
+    return kind
+
+
+class ResultWriter:
+    """Results, each written and flushed as soon as it is given: text lines, a JSON array (closed by
+    `close`, also after an interruption) or JSON lines. Writes to a binary file, or to stdout."""
+
+    def __init__(self, kind: str, style: Style = Style(), file: IO[bytes] | None = None, name: str = "stdout"):
+        self.kind = check_kind(kind)
+        self.style = style
+        self.file = file
+        self.name = name
+        self.count = 0
+
+    def write(self, result: Result, place: dict[str, Any] | None = None) -> None:
+        if self.kind == "text":
+            text = result.written(self.style)["text"] + "\n"
+        elif self.kind == "jsonl":
+            text = json.dumps(result_record(result, self.style, place), ensure_ascii=False) + "\n"
+        else:
+            text = ("," if self.count else "[") + "\n" + json.dumps(result_record(result, self.style, place), ensure_ascii=False, indent=2)
+        self._put(text)
+        self.count += 1
+
+    def close(self, failed: bool = False) -> None:
+        """End a JSON array: `[]` when nothing was written, nothing at all for a run that failed at once."""
+        if self.kind == "json" and (self.count or not failed):
+            self._put("\n]\n" if self.count else "[]\n")
+
+    def _put(self, text: str) -> None:
+        if self.file is None:
+            sys.stdout.write(text)
+            sys.stdout.flush()
+            return
+        try:
+            self.file.write(text.encode("utf-8"))
+            self.file.flush()
+        except OSError as e:
+            raise DtgError(f"-o {self.name}: cannot write the results ({e.strerror})") from None
