@@ -27,7 +27,7 @@ class ConvertProgress:
 
 
 @contextlib.contextmanager
-def _atomic_path(final: Path, publish: bool = True) -> Iterator[Path]:
+def atomic_path(final: Path, publish: bool = True) -> Iterator[Path]:
     """A temporary path beside `final`, renamed onto it if the block succeeds and `publish`; else removed."""
     fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".partial", dir=final.parent)
     os.close(fd)
@@ -96,7 +96,7 @@ def convert(
     # The F16 file is the source of every quantization: written first, kept only if asked for.
     with contextlib.ExitStack() as stack:
         f16_final = targets.get("f16", out_dir / f"{name}-F16.gguf")
-        f16_tmp = stack.enter_context(_atomic_path(f16_final, publish="f16" in todo))
+        f16_tmp = stack.enter_context(atomic_path(f16_final, publish="f16" in todo))
         label = f"writing {name}-F16.gguf"
 
         def on_tensor(_name: str, index: int, total: int) -> None:
@@ -109,7 +109,7 @@ def convert(
             if q == "f16":
                 continue
             progress.step(f"quantizing to {FILE_SUFFIXES[q]}")
-            with _atomic_path(targets[q]) as tmp:
+            with atomic_path(targets[q]) as tmp:
                 quantize(f16_tmp, tmp, q, threads)
     return list(targets.values())
 

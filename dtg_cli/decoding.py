@@ -48,7 +48,7 @@ def chunks(n: int) -> list[int]:
 class Sequence:
     """One variant of a task in a slot of the batch: what is left to decode and what it has made."""
 
-    def __init__(self, prepared: Prepared, variant: int, slot: int, tokenizer):
+    def __init__(self, prepared: Prepared, variant: int, slot: int):
         self.p = prepared
         self.variant = variant
         self.unit = (prepared.index, variant)
@@ -60,7 +60,13 @@ class Sequence:
         self.n_past = 0
         self.output_ids: list[int] = []  # of the first pass; continuations are kept apart
         self.pass_ids = self.output_ids
-        self.feed = tokenizer.tag_decoder()
+        self.feed = None  # the step's StepDecoder (`Generator.sequence`)
+        self.step = 0  # which of the prepared steps is being decoded
+        self.nl: str | None = None  # the caption so far
+        self.calls: list[dict] = [  # every model call: task, prompt, input_ids, output_ids, text
+            {"task": prepared.steps[0].task or "tags", "prompt": prepared.prompt, "input_ids": prepared.input_ids,
+             "output_ids": self.output_ids, "text": ""}
+        ]  # fmt: skip
         self.new_tags: list[str] = []
         self.seen = {t.lower() for t in prepared.general} | {k.name.lower() for k in prepared.layout.tags()}
         self.continuations: list[dict] = []
@@ -70,8 +76,9 @@ class Sequence:
         self.prompt_s: float | None = None
 
     def restart(self, prompt_ids: list[int]) -> None:
-        """Decode a new prompt in this slot from scratch (a continuation)."""
+        """Decode a new prompt in this slot from scratch (a continuation or the next step)."""
         self.pending, self.fresh = list(prompt_ids), True
+        self.sampler.restart()
 
 
 # What the decoder hands each sequence's logits to: True when the sequence is finished.

@@ -21,6 +21,7 @@ import numpy as np
 from dtg_cli.decoding import MIN_HEAD, Decoder, Sequence
 from dtg_cli.errors import SettingError, UsageError, setting
 from dtg_cli.families import detect, formats
+from dtg_cli.family import Step, sentences
 from dtg_cli.outcomes import Outcome, Result, Stream, Task
 from dtg_cli.scheduler import Source, schedule
 from dtg_cli.settings import Request, Sampling
@@ -58,9 +59,12 @@ class Prepared:
     layout: Layout  # what the user wrote, to write the result back in
     banned: Callable[[str], bool]
     bias: np.ndarray | None
-    minimum: int
+    minimum: int  # general tags in a result, input included (`PromptFormat.tag_count_range`)
     maximum: int | None
     conditions: dict
+    steps: tuple[Step, ...]  # the model calls of each result (`PromptFormat.steps`)
+    retries: int  # continuations of a step that stops below its minimum
+    sentences: tuple[int, int | None] = (0, None)  # a written caption's sentences (min, max)
 
 
 class Generator:
@@ -183,7 +187,8 @@ class Generator:
             seeds = tuple(base + v for v in range(request.num))
         banned = compile_bans(request.ban)
         general = list(request.tags)
-        prompt = self.format.build(request, general)
+        steps = self.format.steps(request)
+        prompt = self.format.build(request, general, steps[0])
         input_ids = self.tokenizer.encode(prompt)
         need, limit = len(input_ids) + sampling.max_new_tokens, self.model.n_ctx_train
         if need > limit:
@@ -194,7 +199,9 @@ class Generator:
             input_ids=input_ids, head=self._head_of(request), general=general,
             layout=reading.layout,
             banned=banned, bias=self._ban_mask(request.ban, banned), minimum=minimum, maximum=maximum,
-            conditions=self.format.conditions(request),
+            conditions=self.format.conditions(request), steps=steps,
+            retries=request.retries if request.retries is not None else self.family.max_retries,
+            sentences=self.format.sentence_range(request.length),
         )  # fmt: skip
 
     def _head_of(self, request: Request) -> list[int]:
@@ -234,9 +241,18 @@ class Generator:
         the first task (`context_per_sequence`, then `default_parallel`, at most `most`)."""
         return schedule(self, items, parallel=parallel, most=most, stream=stream)
 
+    def sequence(self, prepared: Prepared, variant: int, slot: int) -> Sequence:
+        """One variant of a prepared task, to decode in `slot`."""
+        s = Sequence(prepared, variant, slot)
+        s.feed = self.family.decoder(self.tokenizer, prepared.steps[0], prepared.prompt)
+        s.nl = prepared.request.nl
+        return s
+
     def advance(self, s: Sequence, logits: np.ndarray, stream: Stream | None) -> bool:
         """Sample the next token of a sequence; True when the sequence is finished."""
         p = s.p
+        step = p.steps[s.step]
+        writes_tags = step.writes == "tag"
         token = s.sampler(logits)
         s.pass_ids.append(token)
         s.n_new += 1
@@ -245,8 +261,11 @@ class Generator:
             stop = "eos"
         else:
             for tag in s.feed(token):
-                self._keep(s, tag, stream)
-            if p.maximum is not None and len(p.general) + len(s.new_tags) >= p.maximum:
+                if writes_tags:
+                    self._keep(s, tag, stream)
+            if s.feed.done:
+                stop = "eos"  # the model has written the field the step asked for
+            elif writes_tags and p.maximum is not None and len(p.general) + len(s.new_tags) >= p.maximum:
                 stop = "length"
             elif s.n_past + 1 >= self.context.n_ctx:
                 stop = "context"
@@ -255,19 +274,45 @@ class Generator:
         if stop is None:
             return False
         for tag in s.feed(None):
-            if p.maximum is None or len(p.general) + len(s.new_tags) < p.maximum:
+            if writes_tags and (p.maximum is None or len(p.general) + len(s.new_tags) < p.maximum):
                 self._keep(s, tag, stream)
         s.stop = stop
-        if stop == "eos" and len(p.general) + len(s.new_tags) < p.minimum and len(s.continuations) < self.family.max_retries:
-            # Stopped short of its length's minimum: continue from everything so far.
-            more_prompt = self.format.build(p.request, p.general + s.new_tags)
-            more_ids = self.tokenizer.encode(more_prompt)
-            if len(more_ids) + 1 < self.context.n_ctx:
-                s.pass_ids = []
-                s.continuations.append({"prompt": more_prompt, "input_ids": more_ids, "output_ids": s.pass_ids})
-                s.feed = self.tokenizer.tag_decoder()
-                s.restart(more_ids)
+        s.calls[-1]["text"] = self.tokenizer.text([t for t in s.pass_ids if t not in self.stop_ids])
+        if not writes_tags:
+            s.nl = f"{s.nl} {s.feed.nl}".strip() if step.expand and s.nl else s.feed.nl
+        elif s.step + 1 < len(p.steps) and s.feed.nl:
+            s.nl = f"{s.nl or ''} {s.feed.nl}".strip()  # a caption the model extended before its tags, for the next step
+        if writes_tags:
+            short = len(p.general) + len(s.new_tags) < p.minimum
+        else:
+            short = len(sentences(s.nl or "")) < p.sentences[0] and step.task == "tag_to_long"  # its caption is in `long:`
+        if stop == "eos" and short and len(s.continuations) < p.retries:
+            # Stopped short of its length's minimum: continue this step from everything so far.
+            again = Step(step.task, step.writes, expand=True)
+            if self._restart(s, again, s.continuations, retry=True):
                 return False
+        if s.step + 1 < len(p.steps):
+            s.step += 1
+            if self._restart(s, p.steps[s.step], None, retry=False):
+                return False
+            s.stop = "context"
+        if s.nl is not None and p.sentences[1] is not None and not writes_tags:
+            s.nl = " ".join(sentences(s.nl)[: p.sentences[1]])
+        return True
+
+    def _restart(self, s: Sequence, step: Step, continuations: list | None, retry: bool) -> bool:
+        """Start another model call of a sequence (a retry or the next step); False when it cannot fit."""
+        prompt = self.format.build(s.p.request, s.p.general + s.new_tags, step, s.nl)
+        ids = self.tokenizer.encode(prompt)
+        if len(ids) + 1 >= self.context.n_ctx:
+            return False
+        s.pass_ids = []
+        call = {"prompt": prompt, "input_ids": ids, "output_ids": s.pass_ids}
+        if continuations is not None:
+            continuations.append(call)
+        s.calls.append({"task": step.task or "tags", **call, "text": ""})
+        s.feed = self.family.decoder(self.tokenizer, step, prompt)
+        s.restart(ids)
         return True
 
     def _keep(self, s: Sequence, tag: str, stream: Stream | None) -> None:
@@ -302,6 +347,8 @@ class Generator:
             continuations=s.continuations,
             conditions=p.conditions,
             layout=p.layout,
+            nl=s.nl,
+            steps=s.calls,
         )
 
 

@@ -8,7 +8,9 @@ the store, batch and the CLI ask the family; none of them tests which family it 
 
 from __future__ import annotations
 
+import re
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
@@ -46,6 +48,50 @@ class Prompt(str):
         return prompt
 
 
+@dataclass(frozen=True)
+class Step:
+    """One model call of a result: the task token (None: extend the tags), the field it writes (`tag`, or
+    `long` for a caption), and whether the prompt ends inside that field for the model to continue (True)
+    or ends with the field's key for the model to write it fresh."""
+
+    task: str | None
+    writes: str
+    expand: bool
+
+
+ONE_STEP = (Step(None, "tag", True),)
+
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+
+
+def sentences(text: str) -> list[str]:
+    """A caption's sentences (split after . ! or ?)."""
+    return [s for s in _SENTENCE_END.split(text.strip()) if s]  # what a family without tasks does: extend the tags
+
+
+class StepDecoder(Protocol):
+    """Fed each generated id of a step (None at its end); returns the tags that are complete. `done` says
+    the step has written what it was for; `nl` holds the caption text the step wrote."""
+
+    done: bool
+    nl: str
+
+    def __call__(self, token: int | None) -> list[str]: ...
+
+
+class _TagsOnly:
+    """A `StepDecoder` over a tokenizer's tag decoder: no caption, done when the model stops."""
+
+    done = False
+    nl = ""
+
+    def __init__(self, feed):
+        self.feed = feed
+
+    def __call__(self, token: int | None) -> list[str]:
+        return self.feed(token)
+
+
 class PromptFormat(Protocol):
     """One prompt layout of a family, registered by name (`--prompt-format`)."""
 
@@ -58,8 +104,13 @@ class PromptFormat(Protocol):
         """The conditions (Request fields) this format has a place for."""
         ...
 
-    def build(self, request: Request, general: list[str]) -> Prompt:
-        """The exact model input for `request` with these general tags (also used to continue a result)."""
+    def steps(self, request: Request) -> tuple[Step, ...]:
+        """The model calls a request takes, in order (`ONE_STEP` for a family without tasks)."""
+        ...
+
+    def build(self, request: Request, general: list[str], step: Step | None = None, nl: str | None = None) -> Prompt:
+        """The exact model input for `request` with these general tags (also used to continue a result), for
+        one of its `steps` (default: the first) with the caption so far (`nl`, default: the request's)."""
         ...
 
     def conditions(self, request: Request) -> dict:
@@ -69,6 +120,10 @@ class PromptFormat(Protocol):
     def tag_count_range(self, length: str | None) -> tuple[int, int | None]:
         """(minimum, maximum) general tags in a result, input included; below the minimum a result is
         continued (up to the family's `max_retries`), at the maximum it stops."""
+        ...
+
+    def sentence_range(self, length: str | None) -> tuple[int, int | None]:
+        """(minimum, maximum) sentences of a caption the model writes ((0, None) for a family without)."""
         ...
 
 
@@ -93,6 +148,10 @@ class Family(ABC):
         """Every tag the model can read, for a one-token-per-tag vocabulary; None when it reads any text.
         A family that overrides this sets `reads_any_text` to False."""
         return None
+
+    def decoder(self, tokenizer: Tokenizer, step: Step, prompt: str) -> StepDecoder:
+        """What reads the ids a step generates after `prompt`. The default reads tags until the model stops."""
+        return _TagsOnly(tokenizer.tag_decoder())
 
     def guess_format(self, hints: str, path_name: str) -> str:
         """The prompt format of a GGUF the registry does not know, from what it records of its source

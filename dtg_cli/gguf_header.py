@@ -22,10 +22,15 @@ _MAX_STRING = 1 << 30  # tokenizer.huggingface.json is a few MB
 
 @dataclass(frozen=True)
 class ArrayInfo:
-    """An array value, not read: its element type and length."""
+    """An array value: its element type and length, and for an array of strings (a vocabulary) its items
+    as bytes; numbers are not read."""
 
     element_type: int
     length: int
+    strings: tuple[bytes, ...] | None = None
+
+    def __contains__(self, text: str) -> bool:
+        return self.strings is not None and text.encode("utf-8") in self.strings
 
 
 class _Truncated(Exception):
@@ -145,9 +150,13 @@ def _value(f: BinaryIO, kind: int) -> Any:
     if kind == _ARRAY:
         element, length = struct.unpack("<IQ", _read(f, 12))
         if element == _STRING:
+            strings = []
             for _ in range(length):
                 (n,) = struct.unpack("<Q", _read(f, 8))
-                f.seek(n, 1)
+                if n > _MAX_STRING:
+                    raise ValueError(f"a string of {n} bytes")
+                strings.append(_read(f, n))
+            return ArrayInfo(element, length, tuple(strings))
         elif element in _SCALARS:
             f.seek(struct.calcsize(_SCALARS[element]) * length, 1)
         else:

@@ -38,10 +38,12 @@ class Result:
     continuations: list[dict] = field(default_factory=list)  # DanTagGen retries: prompt and output ids each
     conditions: dict = field(default_factory=dict)  # the conditions the prompt was built with, defaults included
     layout: Layout | None = field(default=None, repr=False)  # what the user wrote, for `dtg_cli.tags.render`
+    nl: str | None = None  # the caption: written by the model (TIPO --write nl|both) or given (--nl)
+    steps: list[dict] = field(default_factory=list)  # every model call: task, prompt, input_ids, output_ids, text
 
     def written(self, style: Style = Style()) -> dict:
         """The result as dtg writes it in `style`: the line (`text`, in the user's syntax) and tag lists."""
-        text, tags = render(self.layout, self.new_tags, style)
+        text, tags = render(self.layout, self.new_tags, style, self.nl)  # the caption joins the line
         return {
             "text": text,
             "tags": tags,

@@ -28,11 +28,13 @@ def result_record(result: Result, style: Style = Style(), place: dict[str, Any] 
         "new_tags": written["new_tags"],
         "tags": written["tags"],
         "text": written["text"],  # the line the text format writes
+        "nl": result.nl,
         "stop": result.stop,
         "prompt": result.prompt,  # the exact model input
         "input_ids": result.input_ids,
         "output_ids": result.output_ids,
         "continuations": result.continuations,
+        "steps": result.steps,
     }
 
 

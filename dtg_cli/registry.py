@@ -17,7 +17,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-GGUF_SOURCES = ("convert", "download")
+GGUF_SOURCES = ("convert", "download", "f16")
 
 
 class UnknownModelError(DtgError):
@@ -32,14 +32,23 @@ class ModelEntry:
     prompt: str
     architecture: str
     params: str
-    gguf: str  # "convert": safetensors converted locally; "download": the repo publishes GGUF files
+    # "convert": safetensors converted locally; "download": the repo publishes each quantization;
+    # "f16": the repo publishes one F16 GGUF (`file`), quantized locally
+    gguf: str
     revision: str | None = None
     license: str | None = None
+    file: str | None = None  # the F16 GGUF's name in the repo (gguf = "f16")
+
+    def in_hub(self, quant: str) -> bool:
+        """Whether the file of `quant` is the repo's own, kept in the Hugging Face cache (else dtg's cache)."""
+        return self.gguf == "download" or (self.gguf == "f16" and quant == "f16")
 
     def gguf_filename(self, quant: str) -> str:
-        """The file name of one quantization in the repo (download) or in dtg's cache (convert)."""
+        """The file name of one quantization in the repo (`in_hub`) or in dtg's cache."""
         if self.gguf == "download":
             return {"f16": "ggml-model-f16.gguf", "q8_0": "ggml-model-Q8_0.gguf", "q6_k": "ggml-model-Q6_K.gguf"}[quant]
+        if self.gguf == "f16" and quant == "f16":
+            return self.file
         return f"{self.name}-{FILE_SUFFIXES[quant]}.gguf"
 
 
@@ -64,7 +73,7 @@ def parse_registry(text: str, source: str = "models.toml") -> dict[str, ModelEnt
     if not isinstance(models, dict) or not models:
         raise DtgError(f"{source}: no [models.NAME] tables")
     required = {"repo", "family", "prompt", "architecture", "params", "gguf"}
-    optional = {"revision", "license"}
+    optional = {"revision", "license", "file"}
     entries = {}
     for name, table in models.items():
         if not isinstance(table, dict):
@@ -79,6 +88,8 @@ def parse_registry(text: str, source: str = "models.toml") -> dict[str, ModelEnt
             raise DtgError(f"{source}: models.{name}: every value must be a string")
         if table["gguf"] not in GGUF_SOURCES:
             raise DtgError(f"{source}: models.{name}: gguf must be one of {', '.join(GGUF_SOURCES)}")
+        if (table["gguf"] == "f16") != ("file" in table):
+            raise DtgError(f'{source}: models.{name}: file (the repo\'s F16 GGUF) goes with gguf = "f16", and only with it')
         if table["prompt"] not in known_formats:
             raise DtgError(f"{source}: models.{name}: unknown prompt format {table['prompt']!r} (known: {', '.join(known_formats)})")
         if known_formats[table["prompt"]].family != table["family"] or table["family"] not in {f.name for f in FAMILIES}:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import deque
+
 import numpy as np
 
 from dtg_cli.settings import Sampling
@@ -10,13 +12,31 @@ from dtg_cli.settings import Sampling
 class Sampler:
     """Temperature, top-k, top-p and min-p, in that order (as transformers applies them); 0 °C is argmax."""
 
+    WINDOW = 64  # generated tokens the repeat penalty looks back on (llama-cpp-python's last_n_tokens_size)
+
     def __init__(self, settings: Sampling, seed: int, bias: np.ndarray | None = None):
         self.s = settings
         self.rng = np.random.default_rng(seed)
         self.bias = bias
+        self.recent: deque[int] = deque(maxlen=self.WINDOW)
+
+    def restart(self) -> None:
+        """A new model call: the penalty forgets what the last one generated (the prompt is never penalised)."""
+        self.recent.clear()
 
     def __call__(self, logits: np.ndarray) -> int:
+        token = self._draw(logits)
+        self.recent.append(token)
+        return token
+
+    def _draw(self, logits: np.ndarray) -> int:
         x = logits if self.bias is None else logits + self.bias
+        penalty = self.s.repeat_penalty
+        if penalty not in (None, 1) and self.recent:
+            # llama.cpp's rule, first in its chain: a positive logit is divided, a negative one multiplied.
+            x = np.array(x, dtype=np.float32)
+            ids = np.fromiter(set(self.recent), dtype=np.int64)
+            x[ids] = np.where(x[ids] > 0, x[ids] / penalty, x[ids] * penalty)
         if self.s.temperature == 0:
             return int(np.argmax(x))
         k = self.s.top_k

@@ -131,7 +131,7 @@ def schedule(
         for i in range(len(slots)):
             if slots[i] is None and waiting:
                 prepared, variant = waiting.popleft()
-                slots[i] = Sequence(prepared, variant, i, generator.tokenizer)
+                slots[i] = generator.sequence(prepared, variant, i)
                 if stream:
                     stream.start(slots[i].unit, prepared.layout)
         while order and order[0][1] is not None:

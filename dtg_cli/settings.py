@@ -18,6 +18,7 @@ from dtg_cli.tags import compile_bans, split_tags
 RATINGS = ("sfw", "general", "sensitive", "nsfw", "questionable", "explicit")
 LENGTHS = ("very_short", "short", "medium", "long", "very_long")
 IDENTITIES = ("none", "lax", "strict")
+WRITES = ("tags", "nl", "both")
 # Representative width/height for each named aspect ratio: typical SDXL buckets, each inside Dart's
 # bucket of the same name (REFERENCE thresholds), so both families read a name the same way.
 ASPECT_RATIOS = {"ultra_tall": 0.5, "tall": 0.7, "square": 1.0, "wide": 1.5, "ultra_wide": 2.0}
@@ -53,6 +54,7 @@ class Setting:
             "tags": lambda v: not (isinstance(v, str) or (isinstance(v, (list, tuple)) and all(isinstance(t, str) for t in v))),
             "patterns": lambda v: not (isinstance(v, str) or (isinstance(v, (list, tuple)) and all(isinstance(t, str) for t in v))),
             "choice": lambda v: not isinstance(v, str),
+            "text": lambda v: not isinstance(v, str),
             "aspect": lambda v: isinstance(v, bool) or not isinstance(v, (str, int, float)),
             "int": lambda v: isinstance(v, bool) or not isinstance(v, (int, float)) or not float(v).is_integer(),
             "float": lambda v: isinstance(v, bool) or not isinstance(v, (int, float)),
@@ -63,6 +65,7 @@ class Setting:
                 "tags": "a string or a list of strings",
                 "patterns": "a string or a list of strings",
                 "choice": "a string",
+                "text": "a string",
                 "aspect": "a name, a number or W:H",
                 "int": "an integer",
                 "float": "a number",
@@ -82,6 +85,10 @@ class Setting:
             return normal
         if self.kind == "aspect":
             return parse_aspect_ratio(value)
+        if self.kind == "text":
+            if not value.strip():
+                raise SettingError(f"{setting(self.name)}: an empty text; give a caption or leave it out")
+            return " ".join(value.split())  # one line: a newline would start a new field of a prompt
         if self.within is not None and not (math.isfinite(value) and self.within(value)):
             raise SettingError(f"{setting(self.name)}: {value} must be {self.limits}")
         return value
@@ -95,7 +102,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("copyright", "tags", "condition", "Copyright tags (comma-separated)."),
     Setting("character", "tags", "condition", "Character tags (comma-separated)."),
     Setting("artist", "tags", "condition", "Artist tags (DanTagGen)."),
-    Setting("quality", "tags", "condition", "DanTagGen delta: quality tags, e.g. masterpiece."),
+    Setting("quality", "tags", "condition", "DanTagGen delta and TIPO: quality tags, e.g. masterpiece."),
+    Setting("meta", "tags", "condition", "TIPO: meta tags, e.g. highres, absurdres."),
     Setting("rating", "choice", "condition", "sfw, general, sensitive, nsfw, questionable or explicit (default: sfw).", RATINGS),
     Setting(
         "aspect_ratio", "aspect", "condition", "ultra_tall, tall, square, wide, ultra_wide, a number (width/height) or W:H (default: tall)."
@@ -104,6 +112,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("height", "int", "condition", "Image height."),
     Setting("length", "choice", "condition", "very_short, short, medium, long or very_long (default: long).", LENGTHS),
     Setting("identity", "choice", "condition", "Dart SFT: none, lax or strict, how closely to keep the given subjects (default: lax).", IDENTITIES),
+    Setting("nl", "text", "condition", "TIPO: a natural-language prompt (a caption); TAGS may then be empty."),
+    Setting("write", "choice", "condition", "TIPO: tags, nl (a caption) or both: what to write (default: tags).", WRITES),
     Setting(
         "auto",
         "bool",
@@ -123,10 +133,18 @@ SETTINGS: tuple[Setting, ...] = (
         within=lambda v: 1 <= v <= 4096, limits="between 1 and 4096", panel=_SAMPLING,
     ),
     Setting(
+        "repeat_penalty", "float", "sampling", "llama.cpp's penalty on the last 64 generated tokens, 1 is off (default: {default}).",
+        within=lambda v: 0 < v <= 10, limits="in (0, 10]", panel=_SAMPLING,
+    ),
+    Setting(
         "seed", "int", "sampling", "Seed of the first result (the next get seed+1, ...); default: random.",
         within=lambda v: 0 <= v < 2**32, limits="between 0 and 2**32 - 1", panel=_SAMPLING,
     ),
     Setting("ban", "patterns", "run", "A tag that must not appear: a glob such as '*hair*' or re:REGEX. Repeatable.", panel=_SAMPLING),
+    Setting(
+        "retries", "int", "run", "How many times a result below its length's minimum is continued, 0 is off (default: DanTagGen 3, TIPO 10).",
+        within=lambda v: 0 <= v <= 100, limits="between 0 and 100", panel=_SAMPLING,
+    ),
     Setting("num", "int", "run", "Results per prompt, with seeds seed, seed+1, ...", within=lambda v: 1 <= v <= 1000, limits="between 1 and 1000", panel=_OUTPUT, short="-n"),
 )  # fmt: skip
 SETTING = {s.name: s for s in SETTINGS}
@@ -169,6 +187,7 @@ class Sampling:
     top_k: int | None = None  # 0: off
     min_p: float | None = None  # 0: off
     max_new_tokens: int | None = None
+    repeat_penalty: float | None = None  # 1: off
     seed: int | None = None  # None: a random seed, reported with the result
 
     def __post_init__(self):
@@ -189,23 +208,27 @@ class Request:
     character: tuple[str, ...] = ()
     artist: tuple[str, ...] = ()
     quality: tuple[str, ...] = ()
+    meta: tuple[str, ...] = ()
     rating: str | None = None
     aspect_ratio: float | None = None  # width / height
     length: str | None = None
     identity: str | None = None
+    nl: str | None = None  # a caption (TIPO)
+    write: str | None = None  # tags (None), nl or both (TIPO)
+    retries: int | None = None  # None: the family's `max_retries`
     ban: tuple[str, ...] = ()
     num: int = 1
     auto: bool = True  # sort a flat tag list into the prompt's fields by the tag database (--no-auto)
     sampling: Sampling = field(default_factory=Sampling)
 
     def __post_init__(self):
-        for name in ("rating", "aspect_ratio", "length", "identity", "auto", "num"):
+        for name in ("rating", "aspect_ratio", "length", "identity", "nl", "write", "auto", "num", "retries"):
             object.__setattr__(self, name, SETTING[name].check(getattr(self, name)))
         compile_bans(self.ban)  # a bad pattern is an error now, not after the model has loaded
 
     def conditions(self) -> list[str]:
         """The names of the conditions this request sets (to check them against a prompt format)."""
-        return [n for n in CONDITIONS if getattr(self, n) not in (None, ())]
+        return [n for n in CONDITIONS if getattr(self, n) not in (None, ()) and not (n == "write" and self.write == "tags")]
 
     @classmethod
     def from_settings(cls, values: Mapping[str, Any]) -> Request:

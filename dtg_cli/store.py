@@ -36,7 +36,7 @@ def models_dir() -> Path:
 
 def on_disk(entry: ModelEntry, quant: str) -> Path | None:
     """The GGUF of `entry` in `quant` if it is already here (no network)."""
-    if entry.gguf == "download":
+    if entry.in_hub(quant):
         from dtg_cli.hub import cached_file
 
         return cached_file(entry.repo, entry.gguf_filename(quant), entry.revision)
@@ -52,12 +52,23 @@ def pull(entry: ModelEntry, quant: str, progress=None, force: bool = False) -> P
     found = None if force else on_disk(entry, quant)
     if found:
         return found
-    if entry.gguf == "download":
+    if entry.in_hub(quant):
         from dtg_cli.hub import download_file
 
         filename = entry.gguf_filename(quant)
         progress.step(f"downloading {filename} of {entry.repo} from Hugging Face")
         return download_file(entry.repo, filename, entry.revision)
+    if entry.gguf == "f16":
+        from dtg_cli.convert.pipeline import atomic_path
+        from dtg_cli.convert.quantize import quantize
+
+        source = pull(entry, "f16", progress)
+        target = models_dir() / entry.gguf_filename(quant)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        progress.step(f"quantizing {source.name} to {quant.upper()} (once)")
+        with atomic_path(target) as tmp:
+            quantize(source, tmp, quant)
+        return target
     from dtg_cli.convert import convert
 
     progress.step(
@@ -99,7 +110,7 @@ def remove(entry: ModelEntry, quants: tuple[str, ...] = QUANTS) -> list[Path]:
     """Delete the GGUF files of `entry` (all quants, or those given); return what was deleted."""
     removed = []
     for quant in quants:
-        if entry.gguf == "download":
+        if entry.in_hub(quant):
             removed += _remove_from_hub_cache(entry.repo, entry.gguf_filename(quant))
         else:
             path = models_dir() / entry.gguf_filename(quant)

@@ -73,6 +73,11 @@ _CATEGORY_NAMES = {
     "characters": "character",
     "copyrights": "copyright",
     "artists": "artist",
+    # the caption (TIPO): a template may place it among the categories; by default it ends the line
+    "nl": "nl",
+    "caption": "nl",
+    "generated": "nl",
+    "extended": "nl",
 }
 ORDERS = ("model", "alpha", "category")
 
@@ -138,7 +143,7 @@ def parse_template(text: str) -> tuple[str, ...]:
         if not word:
             continue
         if word not in _CATEGORY_NAMES:
-            raise UsageError(f"--template: {part.strip()!r} is not a category ({', '.join(CATEGORIES)})")
+            raise UsageError(f"--template: {part.strip()!r} is not a category ({', '.join(CATEGORIES)}) nor nl (the caption)")
         if _CATEGORY_NAMES[word] in names:
             raise UsageError(f"--template: {_CATEGORY_NAMES[word]} is named twice")
         names.append(_CATEGORY_NAMES[word])
@@ -291,17 +296,17 @@ def read(request: Request, accepts: Collection[str], vocabulary: Collection[str]
     pieces, webui = parse(", ".join(request.tags))
     layout = Layout(webui=webui)
     seen: set[str] = set()
-    fields: dict[str, list[str]] = {f: [] for f in ("general", "character", "copyright", "artist", "quality")}
+    fields: dict[str, list[str]] = {f: [] for f in ("general", "character", "copyright", "artist", "quality", "meta")}
     outside: list[Known] = []
     unknown: list[Known] = []
 
     def give(field_name: str, known: Known) -> None:
         form = model_form(known.name, vocabulary)
         fields[field_name].append(form)
-        if field_name != "quality" and (form.lower() not in vocabulary if vocabulary is not None else known.unknown):
+        if field_name not in ("quality", "meta") and (form.lower() not in vocabulary if vocabulary is not None else known.unknown):
             unknown.append(known)
 
-    for flag in ("character", "copyright", "artist", "quality"):
+    for flag in ("character", "copyright", "artist", "quality", "meta"):
         for tag in _flag_tags(flag, getattr(request, flag)):
             known = identify(tag)
             if known.name.lower() not in seen:
@@ -330,15 +335,15 @@ def read(request: Request, accepts: Collection[str], vocabulary: Collection[str]
                 outside.append(known)
         elif category == "rating" and rating is None:
             rating = RATING_WORDS[known.name]  # a rating word's name is its key
-        elif category == "quality" and "quality" in accepts and not request.quality:
-            fields["quality"].append(known.name)
+        elif category in ("quality", "meta") and category in accepts and not getattr(request, category):
+            fields[category].append(known.name)
         else:
             outside.append(known)
     model_request = replace(
         request,
         tags=tuple(fields["general"]),
         rating=rating,
-        **{f: tuple(fields[f]) for f in ("character", "copyright", "artist", "quality")},
+        **{f: tuple(fields[f]) for f in ("character", "copyright", "artist", "quality", "meta")},
     )
     return Reading(model_request, layout, unknown, outside)
 
@@ -376,9 +381,10 @@ class Style:
         return name
 
 
-def render(layout: Layout, new_tags: Iterable[str], style: Style = Style()) -> tuple[str, list[str]]:
+def render(layout: Layout, new_tags: Iterable[str], style: Style = Style(), nl: str | None = None) -> tuple[str, list[str]]:
     """A result as one line in the user's syntax, and its tags in that order (escaped and underscored as
-    the style says, without emphasis).
+    the style says, without emphasis). A caption (`nl`) ends the line, or takes the place of `nl` in the
+    template with order `category`.
 
     Emphasis stays on its tag, and networks, BREAK and prompt-editing groups stay where they were. New
     tags join the last BREAK section: after its last tag (order `model`), or sorted in with the others
@@ -398,6 +404,9 @@ def render(layout: Layout, new_tags: Iterable[str], style: Style = Style()) -> t
         else:
             sections[-1].append(item)
     last = sections[-1]
+    placed = nl is not None and style.order == "category" and "nl" in style.template
+    if placed:
+        new.append(Item(Piece("caption", nl), replace(identify("caption"), category="nl")))
     if style.order == "model":
         at = max((i + 1 for i, item in enumerate(last) if item.is_tag), default=0)
         last[at:at] = new
@@ -409,8 +418,8 @@ def render(layout: Layout, new_tags: Iterable[str], style: Style = Style()) -> t
                 tags.sort(key=lambda i: key(i.known.name))
             else:
                 rank = {c: r for r, c in enumerate(style.template)}
-                tags = sorted((i for i in tags if i.known.category in rank), key=lambda i: rank[i.known.category])
-            sections[n] = tags + [i for i in section if not i.is_tag]
+                tags = sorted((i for i in [*tags, *_captions(section)] if i.known.category in rank), key=lambda i: rank[i.known.category])
+            sections[n] = tags + [i for i in section if not i.is_tag and i.piece.kind != "caption"]
     parts: list[str] = []
     names: list[str] = []
     for n, section in enumerate(sections):
@@ -423,7 +432,13 @@ def render(layout: Layout, new_tags: Iterable[str], style: Style = Style()) -> t
                 parts.append(item.piece.wrapped(name))
             else:
                 parts.append(item.piece.text)
+    if nl and not placed:
+        parts.append(nl)
     return ", ".join(parts), names
+
+
+def _captions(section: list[Item]) -> list[Item]:
+    return [i for i in section if i.piece.kind == "caption"]
 
 
 def stream_parts(layout: Layout, style: Style) -> tuple[str, str]:

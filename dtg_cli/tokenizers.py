@@ -49,6 +49,10 @@ class Tokenizer:
         """A function to feed generated ids to; it returns the tags that are complete. Feed None at the end."""
         raise NotImplementedError
 
+    def text(self, ids: list[int]) -> str:
+        """The text of generated ids, as the model wrote it."""
+        raise NotImplementedError
+
     def _start_ids(self) -> list[int]:
         return []
 
@@ -81,6 +85,9 @@ class TagTokenizer(Tokenizer):
     def token_id(self, text: str) -> int | None:
         return self.inner.token_to_id.get(text)
 
+    def text(self, ids: list[int]) -> str:
+        return ", ".join(self.tag_of[i] for i in ids if i in self.tag_of)
+
     def tag_decoder(self) -> Callable[[int | None], list[str]]:
         def feed(token: int | None) -> list[str]:
             tag = self.tag_of.get(token) if token is not None else None
@@ -111,6 +118,9 @@ class TextTokenizer(Tokenizer):
     def token_id(self, text: str) -> int | None:
         ids = self.model.tokenize(text, add_special=False, parse_special=True)
         return ids[0] if len(ids) == 1 else None
+
+    def text(self, ids: list[int]) -> str:
+        return b"".join(self.model.piece(i) for i in ids).decode("utf-8", "replace")
 
     def tag_decoder(self) -> Callable[[int | None], list[str]]:
         """Feed ids; get back each tag once the comma after it arrives. Feed None at the end for the rest."""

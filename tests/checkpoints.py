@@ -31,7 +31,13 @@ DART_SPECIAL_TOKENS = (
 )
 assert len(DART_SPECIAL_TOKENS) == 103
 
-DANTAGGEN_ADDED_TOKENS = ["<|input_end|>", "<|empty|>", "<|very_short|>", "<|short|>", "<|long|>", "<|very_long|>"]
+DANTAGGEN_ADDED_TOKENS = ("<|input_end|>", "<|empty|>", "<|very_short|>", "<|short|>", "<|long|>", "<|very_long|>")
+# TIPO's 13 added tokens at 32000-32012 (TIPO.md section 1, from the repos' added_tokens.json).
+TIPO_ADDED_TOKENS = (
+    "<|empty|>", "<|very_short|>", "<|short|>", "<|long|>", "<|very_long|>", "<|tag_to_long|>", "<|long_to_tag|>",
+    "<|short_to_tag|>", "<|short_to_long|>", "<|tag_to_short_to_long|>", "<|short_to_tag_to_long|>",
+    "<|short_to_long_to_tag|>", "<|gen_meta|>",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -50,22 +56,27 @@ class Spec:
     experts_used: int = 0
     hidden_act: str = "silu"
     rms_eps: float = 1e-5
+    added: tuple[str, ...] = DANTAGGEN_ADDED_TOKENS  # a LLaMA model's tokens after llama-2's 32000
 
     @property
     def family(self) -> str:
-        return "dantaggen" if self.architecture == "LlamaForCausalLM" else "dart"
+        if self.architecture != "LlamaForCausalLM":
+            return "dart"
+        return "tipo" if "<|tag_to_long|>" in self.added else "dantaggen"
 
 
 # The real dimensions (REFERENCE.md), for benchmarks.
 DART_MOE = Spec("MixtralForCausalLM", 768, 3072, 4, 8, 1, 30649, 1024, 1000.0, "BF16", 4, 2)
 DART_DENSE = Spec("MistralForCausalLM", 768, 3072, 8, 8, 1, 30649, 1024, 1000.0, "BF16")
 DANTAGGEN = Spec("LlamaForCausalLM", 1024, 3072, 24, 16, 16, 32006, 2048, 10000.0, "F32", hidden_act="mish", rms_eps=1e-6)
+TIPO_200M = Spec("LlamaForCausalLM", 768, 2304, 20, 12, 12, 32013, 2048, 10000.0, "F32", added=TIPO_ADDED_TOKENS)
 
 # Tiny versions for tests: multiples of 256 so that Q6_K really quantizes every matrix.
 TINY = {
     "dart-moe": replace(DART_MOE, hidden=256, intermediate=512, layers=2, heads=4),
     "dart-dense": replace(DART_DENSE, hidden=256, intermediate=512, layers=2, heads=4),
     "dantaggen": replace(DANTAGGEN, hidden=256, intermediate=512, layers=2, heads=4, kv_heads=4, hidden_act="silu"),
+    "tipo": replace(TIPO_200M, hidden=256, intermediate=512, layers=2, heads=4, kv_heads=4),
 }
 
 
@@ -104,13 +115,14 @@ def write_dart_tokenizer(directory: Path) -> None:
     (directory / "special_tokens_map.json").write_text(json.dumps(specials, indent=2))
 
 
-def write_dantaggen_tokenizer(directory: Path) -> None:
+def write_dantaggen_tokenizer(directory: Path, added: tuple[str, ...] = DANTAGGEN_ADDED_TOKENS) -> None:
+    """llama-2's SentencePiece model with `added` tokens from 32000, as the DanTagGen and TIPO repos have it."""
     shutil.copy(DATA / "llama2_tokenizer.model", directory / "tokenizer.model")
     decoder = {
         str(i): {"content": c, "lstrip": False, "normalized": False, "rstrip": False, "single_word": False, "special": True}
         for i, c in enumerate(["<unk>", "<s>", "</s>"])
     }
-    for i, content in enumerate(DANTAGGEN_ADDED_TOKENS, 32000):
+    for i, content in enumerate(added, 32000):
         decoder[str(i)] = {"content": content, "lstrip": False, "normalized": False, "rstrip": False, "single_word": False, "special": True}
     config = {
         "tokenizer_class": "LlamaTokenizer",
@@ -129,7 +141,7 @@ def write_dantaggen_tokenizer(directory: Path) -> None:
     (directory / "special_tokens_map.json").write_text(
         json.dumps({"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}, indent=2)
     )
-    (directory / "added_tokens.json").write_text(json.dumps({c: i for i, c in enumerate(DANTAGGEN_ADDED_TOKENS, 32000)}, indent=2))
+    (directory / "added_tokens.json").write_text(json.dumps({c: i for i, c in enumerate(added, 32000)}, indent=2))
 
 
 def write_config(directory: Path, spec: Spec) -> None:
@@ -252,7 +264,7 @@ def build_checkpoint(directory: Path, spec: Spec, seed: int = 0, shards: int = 1
     if spec.family == "dart":
         write_dart_tokenizer(directory)
     else:
-        write_dantaggen_tokenizer(directory)
+        write_dantaggen_tokenizer(directory, spec.added)
     write_safetensors(directory, spec, seed, shards)
     if license:
         (directory / "README.md").write_text(f"---\nlicense: {license}\n---\n# random-weight test checkpoint\n")
@@ -331,7 +343,7 @@ def save_with_transformers(directory: Path, spec: Spec, seed: int = 0, legacy: b
         write_dart_tokenizer(scratch)
         tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_file=str(scratch / "tokenizer.json"))
     else:
-        write_dantaggen_tokenizer(scratch)
+        write_dantaggen_tokenizer(scratch, spec.added)
         tokenizer = transformers.AutoTokenizer.from_pretrained(str(scratch), legacy=bool(legacy))
     tokenizer.save_pretrained(str(directory))
     shutil.rmtree(scratch)

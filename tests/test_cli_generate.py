@@ -28,8 +28,8 @@ def test_text_output_is_one_clean_line(dart):
 
 # The keys of a result record, as the README documents them; dtg batch writes the same after its own four.
 RESULT_KEYS = [
-    "seed", "model", "conditions", "sampling", "input_tags", "new_tags", "tags", "text", "stop",
-    "prompt", "input_ids", "output_ids", "continuations",
+    "seed", "model", "conditions", "sampling", "input_tags", "new_tags", "tags", "text", "nl", "stop",
+    "prompt", "input_ids", "output_ids", "continuations", "steps",
 ]  # fmt: skip
 
 
@@ -48,7 +48,7 @@ def test_json_has_the_documented_fields(dart):
     assert list(r) == RESULT_KEYS
     assert r["seed"] == 5 and r["prompt"].startswith("<|bos|><copyright>") and r["input_ids"][0] == 0
     assert r["tags"] == ["1girl", *r["new_tags"]] and r["text"] == ", ".join(r["tags"])
-    assert r["sampling"] == {"temperature": 1.0, "top_p": 1.0, "top_k": 100, "min_p": 0.0, "max_new_tokens": 8}
+    assert r["sampling"] == {"temperature": 1.0, "top_p": 1.0, "top_k": 100, "min_p": 0.0, "max_new_tokens": 8, "repeat_penalty": 1.0}
 
 
 def test_same_options_same_output_and_text_matches_json(dart):

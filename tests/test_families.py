@@ -6,7 +6,7 @@ import pytest
 
 from dtg_cli import families
 from dtg_cli.errors import ModelFileError, UsageError
-from dtg_cli.family import Control, Family, Prompt
+from dtg_cli.family import ONE_STEP, Control, Family, Prompt, Step
 from dtg_cli.gguf_header import read_metadata
 from dtg_cli.settings import Request, Sampling
 from dtg_cli.tokenizer import HF_JSON_KEY
@@ -45,13 +45,19 @@ class PlainTags:
     def accepts(self) -> frozenset[str]:
         return frozenset()
 
-    def build(self, request: Request, general: list[str]) -> Prompt:
+    def steps(self, request: Request) -> tuple[Step, ...]:
+        return ONE_STEP
+
+    def build(self, request: Request, general: list[str], step: Step | None = None, nl: str | None = None) -> Prompt:
         return Prompt(Control("<|bos|>"), Control("<general>"), ", ".join(general))
 
     def conditions(self, request: Request) -> dict:
         return {}
 
     def tag_count_range(self, length: str | None) -> tuple[int, int | None]:
+        return 0, None
+
+    def sentence_range(self, length: str | None) -> tuple[int, int | None]:
         return 0, None
 
 

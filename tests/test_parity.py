@@ -35,7 +35,7 @@ def parity(checkpoints, ggufs, saved_checkpoints, saved_ggufs):
 @pytest.mark.parametrize("form", ["v4", "v5"])
 def test_logits_match_transformers(parity, form, kind, quant):
     result = parity[form, kind, quant]
-    assert 55 <= result.positions <= 75
+    assert 55 <= result.positions <= 80
     assert result.mean_kl <= MAX_MEAN_KL[quant], result.line()
     assert result.passed, result.line()
     if quant == "f16":

@@ -101,11 +101,14 @@ def test_registry_lists_every_released_model():
     assert set(models) == {
         "dart-v2-moe-sft", "dart-v2-moe-base", "dart-v2-sft", "dart-v2-base", "dantaggen-alpha",
         "dantaggen-beta", "dantaggen-gamma", "dantaggen-delta", "dantaggen-delta-rev2",
+        "tipo-500m", "tipo-200m", "tipo-200m-ft", "tipo-200m-ft2", "tipo-100m",
     }  # fmt: skip
+    assert models["tipo-200m"].gguf_filename("f16") == "TIPO-200M-40Btok-F16.gguf" and models["tipo-200m"].in_hub("f16")
+    assert models["tipo-200m"].gguf_filename("q8_0") == "tipo-200m-Q8_0.gguf" and not models["tipo-200m"].in_hub("q8_0")
     assert models["dart-v2-moe-sft"].revision == "167fdb177a6d68e2d4adca0be5f05d21f74e4d41"
     assert models["dantaggen-delta-rev2"].gguf_filename("q8_0") == "ggml-model-Q8_0.gguf"
     assert models["dart-v2-sft"].gguf_filename("q6_k") == "dart-v2-sft-Q6_K.gguf"
-    assert {m.prompt for m in models.values()} == {"dart-v2-sft", "dart-v2-base", "dantaggen", "dantaggen-delta"}
+    assert {m.prompt for m in models.values()} == {"dart-v2-sft", "dart-v2-base", "dantaggen", "dantaggen-delta", "tipo"}
 
 
 @pytest.mark.parametrize(

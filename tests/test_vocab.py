@@ -24,7 +24,7 @@ def test_sentencepiece_reader_matches_the_sentencepiece_library():
 
 def test_dantaggen_vocab_has_the_six_added_tokens(checkpoints):
     vocab = load_vocab(checkpoints["dantaggen"], 32006)
-    assert vocab.tokens[32000:] == DANTAGGEN_ADDED_TOKENS
+    assert tuple(vocab.tokens[32000:]) == DANTAGGEN_ADDED_TOKENS
     assert vocab.types[32000:] == [CONTROL] * 6
     assert (vocab.bos_id, vocab.eos_id, vocab.unk_id) == (1, 2, 0)
     assert vocab.add_bos and not vocab.add_eos
@@ -165,7 +165,7 @@ def test_scores_follow_the_merge_ranks(saved_checkpoints):
     piece = "".join(first_merge) if isinstance(first_merge, list) else first_merge.replace(" ", "")
     assert vocab.scores[vocab.tokens.index(piece)] == 0.0
     assert vocab.types[:3] == [UNKNOWN, CONTROL, CONTROL] and vocab.types[3:259] == [BYTE] * 256
-    assert vocab.tokens[32000:] == DANTAGGEN_ADDED_TOKENS and vocab.add_dummy_prefix and vocab.add_bos
+    assert tuple(vocab.tokens[32000:]) == DANTAGGEN_ADDED_TOKENS and vocab.add_dummy_prefix and vocab.add_bos
 
 
 @pytest.mark.parametrize(

@@ -71,7 +71,7 @@ def generate(
     check_kind(output_format)
     style = _style(order, template, escape_tags, underscores)
     base = Request.from_settings({**settings, "tags": "" if tags in (None, "-") else tags})
-    lines = _input_lines(tags)
+    lines = None if tags is None and settings["nl"] is not None else _input_lines(tags)  # --nl alone is the prompt
     first = next(lines, None) if lines is not None else None
     if lines is not None and first is None:
         raise UsageError("no input: stdin had no lines (give TAGS, or one comma-separated prompt per line)")

@@ -72,7 +72,7 @@ Template = Annotated[
     str | None,
     typer.Option(
         help="Categories in output order, for --order category (implied): people, character, copyright, artist, general, meta, rating, "
-        "quality (the default); one left out is left out of the output.",
+        "quality (the default); one left out is left out of the output. nl places a TIPO caption (default: at the end).",
         rich_help_panel=_OUTPUT,
     ),
 ]
@@ -98,7 +98,9 @@ def _annotation(item):
     from dtg_cli.settings import Setting
 
     assert isinstance(item, Setting)
-    kind = {"tags": str, "choice": str, "aspect": str, "int": int, "float": float, "bool": bool, "patterns": list[str]}[item.kind]
+    kind = {"tags": str, "text": str, "choice": str, "aspect": str, "int": int, "float": float, "bool": bool, "patterns": list[str]}[
+        item.kind
+    ]
     decls = [f"--{item.name.replace('_', '-')}"]
     if item.kind == "bool":
         decls = [f"{decls[0]}/--no-{item.name.replace('_', '-')}"]

@@ -118,7 +118,7 @@ class ResultOutput:
 
     def write(self, result) -> None:
         if self.live:
-            self.stream.finished()
+            self.stream.finished(result.nl)
         else:
             self.writer.write(result)
 
@@ -149,12 +149,14 @@ class LiveLine:
         else:
             self.waiting[unit][1].append(tag)
 
-    def finished(self) -> None:
-        """The shown result has been written: end its line and show the next one."""
+    def finished(self, nl: str | None = None) -> None:
+        """The shown result has been written: end its line (with its caption, if any) and show the next one."""
         from dtg_cli.tags import stream_parts
 
         after = stream_parts(self.layout, self.out.style)[1]
         self.out.console.print(escape(("" if self.first or not after else ", ") + after), end="")
+        if nl:
+            self.out.console.print(escape(("" if self.first and not after else ", ") + nl), end="")
         self.out.console.print()
         self.open = False
         self.units.popleft()

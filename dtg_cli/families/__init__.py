@@ -8,11 +8,11 @@ from __future__ import annotations
 from typing import Any
 
 from dtg_cli.errors import ModelFileError
-from dtg_cli.families import dantaggen, dart_v2
+from dtg_cli.families import dantaggen, dart_v2, tipo
 from dtg_cli.family import Family, PromptFormat
 
 # In the order they are asked whether they read a GGUF: a more specific family before a more general one.
-FAMILIES: list[Family] = [dart_v2.FAMILY, dantaggen.FAMILY]
+FAMILIES: list[Family] = [dart_v2.FAMILY, tipo.FAMILY, dantaggen.FAMILY]
 
 
 def formats() -> dict[str, PromptFormat]:

@@ -7,7 +7,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from dtg_cli.family import Control, Family, Prompt
+from dtg_cli.family import ONE_STEP, Control, Family, Prompt, Step
 from dtg_cli.settings import DEFAULT_ASPECT_RATIO, DEFAULT_LENGTH, DEFAULT_RATING, Request, Sampling
 from dtg_cli.tags import is_special
 from dtg_cli.tokenizers import TextTokenizer
@@ -48,7 +48,10 @@ class DanTagGen:
         """People counts (1girl, no humans, ...) first, as in training; otherwise the given order."""
         return [t for t in general if is_special(t)] + [t for t in general if not is_special(t)]
 
-    def build(self, request: Request, general: list[str]) -> Prompt:
+    def steps(self, request: Request) -> tuple[Step, ...]:
+        return ONE_STEP
+
+    def build(self, request: Request, general: list[str], step: Step | None = None, nl: str | None = None) -> Prompt:
         def field(tags: tuple[str, ...]) -> str:
             return ", ".join(tags) or Control("<|empty|>")
 
@@ -83,6 +86,9 @@ class DanTagGen:
         )
         return values
 
+    def sentence_range(self, length: str | None) -> tuple[int, int | None]:
+        return 0, None  # writes no caption
+
     def tag_count_range(self, length: str | None) -> tuple[int, int | None]:
         """(minimum, maximum) general tags in a result, input included, for the requested length."""
         length = length or DEFAULT_LENGTH
@@ -93,7 +99,7 @@ class DanTagGenFamily(Family):
     name = "dantaggen"
     formats = (DanTagGen("dantaggen", quality_line=False), DanTagGen("dantaggen-delta", quality_line=True))
     # The author's runner's defaults (REFERENCE.md).
-    sampling = Sampling(temperature=1.35, top_p=0.95, top_k=100, min_p=0.0, max_new_tokens=512)
+    sampling = Sampling(temperature=1.35, top_p=0.95, top_k=100, min_p=0.0, max_new_tokens=512, repeat_penalty=1.0)
     max_retries = 3  # the author's runner continues a result shorter than its length target
 
     def reads(self, metadata: dict[str, Any]) -> bool:

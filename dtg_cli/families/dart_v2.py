@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from dtg_cli.family import Control, Family, Prompt
+from dtg_cli.family import ONE_STEP, Control, Family, Prompt, Step
 from dtg_cli.settings import DEFAULT_ASPECT_RATIO, DEFAULT_IDENTITY, DEFAULT_LENGTH, DEFAULT_RATING, Request, Sampling
 from dtg_cli.tokenizer import HF_JSON_KEY
 from dtg_cli.tokenizers import TagTokenizer
@@ -45,7 +45,10 @@ class DartV2:
         # The base models were pretrained on alphabetically sorted lists, and continue one.
         return general if self.sft else sorted(general)
 
-    def build(self, request: Request, general: list[str]) -> Prompt:
+    def steps(self, request: Request) -> tuple[Step, ...]:
+        return ONE_STEP
+
+    def build(self, request: Request, general: list[str], step: Step | None = None, nl: str | None = None) -> Prompt:
         ratio = request.aspect_ratio if request.aspect_ratio is not None else DEFAULT_ASPECT_RATIO
         pieces = [
             Control("<|bos|>"), Control("<copyright>"), ", ".join(request.copyright), Control("</copyright>"),
@@ -73,6 +76,9 @@ class DartV2:
             values["identity"] = request.identity or DEFAULT_IDENTITY
         return values
 
+    def sentence_range(self, length: str | None) -> tuple[int, int | None]:
+        return 0, None  # writes no caption
+
     def tag_count_range(self, length: str | None) -> tuple[int, int | None]:
         return 0, None  # the length token steers the model; nothing to enforce afterwards
 
@@ -81,7 +87,7 @@ class DartV2Family(Family):
     name = "dart-v2"
     formats = (DartV2("dart-v2-sft", sft=True), DartV2("dart-v2-base", sft=False))
     # The dartrs library's defaults (REFERENCE.md).
-    sampling = Sampling(temperature=1.0, top_p=1.0, top_k=100, min_p=0.0, max_new_tokens=256)
+    sampling = Sampling(temperature=1.0, top_p=1.0, top_k=100, min_p=0.0, max_new_tokens=256, repeat_penalty=1.0)
     reads_any_text = False
 
     def reads(self, metadata: dict[str, Any]) -> bool:
