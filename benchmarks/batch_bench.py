@@ -23,13 +23,12 @@ import json
 import os
 import random
 import re
-import shutil
 import sys
 import tempfile
 from pathlib import Path
 
-from benchmarks.generate_bench import run_and_measure
-from tests.checkpoints import DANTAGGEN, DART_MOE, build_checkpoint, danbooru_tags
+from benchmarks.generate_bench import dtg_command, full_size_model, run_and_measure
+from tests.checkpoints import DANTAGGEN, DART_MOE, danbooru_tags
 
 MODELS = {
     # name: (spec, prompt format, new tokens per record, stop token ids for transformers)
@@ -66,18 +65,7 @@ def prompts_file(path: Path, n: int, seed: int = 0) -> Path:
 
 
 def ensure_model(workdir: Path, name: str) -> tuple[Path, Path]:
-    spec = MODELS[name][0]
-    checkpoint = workdir / name
-    if not (checkpoint / "config.json").is_file():
-        print(f"building a full-size random-weight {name} checkpoint in {checkpoint}", file=sys.stderr)
-        build_checkpoint(checkpoint, spec)
-    gguf = workdir / f"{name}-Q8_0.gguf"
-    if not gguf.is_file():
-        from dtg_cli.convert import convert
-
-        print(f"converting {name} to Q8_0", file=sys.stderr)
-        convert(checkpoint, workdir, ["q8_0"], name=name)
-    return checkpoint, gguf
+    return full_size_model(workdir, name, MODELS[name][0])
 
 
 def main() -> None:
@@ -91,8 +79,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     args = parser.parse_args()
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="dtg-bench-"))
-    dtg_path = shutil.which("dtg", path=str(Path(sys.executable).parent)) or shutil.which("dtg")
-    dtg = [dtg_path] if dtg_path else [sys.executable, "-m", "dtg_cli"]
+    dtg = dtg_command()
     src = prompts_file(workdir / "prompts.txt", args.records)
 
     print(f"{args.records} prompts, {args.threads} threads, Q8_0, random weights")

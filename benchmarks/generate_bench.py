@@ -79,6 +79,27 @@ def run_and_measure(command: list[str], want_stderr: bool = False) -> tuple:
     return wall, usage.ru_maxrss / 1024, b"".join(chunks_out).decode()
 
 
+def full_size_model(workdir: Path, name: str, spec) -> tuple[Path, Path]:
+    """A full-size random-weight checkpoint of `spec` in `workdir`/`name` and its Q8_0 GGUF, built once."""
+    checkpoint = workdir / name
+    if not (checkpoint / "config.json").is_file():
+        print(f"building a full-size random-weight {name} checkpoint in {checkpoint}", file=sys.stderr)
+        build_checkpoint(checkpoint, spec)
+    gguf = workdir / f"{name}-Q8_0.gguf"
+    if not gguf.is_file():
+        from dtg_cli.convert import convert
+
+        print(f"converting {name} to Q8_0", file=sys.stderr)
+        convert(checkpoint, workdir, ["q8_0"], name=name)
+    return checkpoint, gguf
+
+
+def dtg_command() -> list[str]:
+    """The installed `dtg` beside this Python, else `python -m dtg_cli`."""
+    dtg = shutil.which("dtg", path=str(Path(sys.executable).parent)) or shutil.which("dtg")
+    return [dtg] if dtg else [sys.executable, "-m", "dtg_cli"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", type=Path, help="where the checkpoint and GGUF go (default: a temporary directory)")
@@ -87,25 +108,15 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     args = parser.parse_args()
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="dtg-bench-"))
-    checkpoint = workdir / "dart-moe"
-    if not (checkpoint / "config.json").is_file():
-        print(f"building a full-size random-weight Dart v2 MoE checkpoint in {checkpoint}", file=sys.stderr)
-        build_checkpoint(checkpoint, DART_MOE)
-    gguf = workdir / "dart-moe-Q8_0.gguf"
-    if not gguf.is_file():
-        from dtg_cli.convert import convert
-
-        print("converting it to Q8_0", file=sys.stderr)
-        convert(checkpoint, workdir, ["q8_0"], name="dart-moe")
-    dtg = shutil.which("dtg", path=str(Path(sys.executable).parent)) or shutil.which("dtg")
-    dtg_command = [dtg] if dtg else [sys.executable, "-m", "dtg_cli"]
+    checkpoint, gguf = full_size_model(workdir, "dart-moe", DART_MOE)
+    dtg = dtg_command()
 
     rows = {"dtg": [], "transformers": []}
     input_ids = None
     for seed in range(1, args.runs + 1):
         wall, rss, out, err = run_and_measure(
             [
-                *dtg_command,
+                *dtg,
                 "generate",
                 TAGS,
                 "--model",
@@ -148,10 +159,10 @@ def main() -> None:
         f"{medians['dtg'][1] / medians['transformers'][1]:.1f}x faster per generated token"
     )
 
-    generate_one = [*dtg_command, "generate", TAGS, "--model", str(gguf), "--max-new-tokens", "1", "--threads", str(args.threads)]
+    generate_one = [*dtg, "generate", TAGS, "--model", str(gguf), "--max-new-tokens", "1", "--threads", str(args.threads)]
     startup = {
-        "dtg --version": [*dtg_command, "--version"],
-        "dtg --help": [*dtg_command, "--help"],
+        "dtg --version": [*dtg, "--version"],
+        "dtg --help": [*dtg, "--help"],
         "dtg generate, 1 new token (to the first token)": generate_one,
     }
     print(f"start-up, median wall s of {args.runs} processes each:")
