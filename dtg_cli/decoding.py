@@ -63,6 +63,8 @@ class Sequence:
         self.feed = None  # the step's StepDecoder (`Generator.sequence`)
         self.step = 0  # which of the prepared steps is being decoded
         self.nl: str | None = None  # the caption so far
+        self.nl_shown = False  # the caption has started to reach the stream
+        self.nl_hold: str | None = ""  # spaces not shown yet; None: a new call's text is to join with one
         self.calls: list[dict] = [  # every model call: task, prompt, input_ids, output_ids, text
             {"task": prepared.steps[0].task or "tags", "prompt": prepared.prompt, "input_ids": prepared.input_ids,
              "output_ids": self.output_ids, "text": ""}

@@ -263,6 +263,8 @@ class Generator:
             for tag in s.feed(token):
                 if writes_tags:
                     self._keep(s, tag, stream)
+            if stream and not writes_tags:
+                self._show_nl(s, step, stream)
             if s.feed.done:
                 stop = "eos"  # the model has written the field the step asked for
             elif writes_tags and p.maximum is not None and len(p.general) + len(s.new_tags) >= p.maximum:
@@ -278,10 +280,11 @@ class Generator:
                 self._keep(s, tag, stream)
         s.stop = stop
         s.calls[-1]["text"] = self.tokenizer.text([t for t in s.pass_ids if t not in self.stop_ids])
+        written = s.feed.nl.strip()
         if not writes_tags:
-            s.nl = f"{s.nl} {s.feed.nl}".strip() if step.expand and s.nl else s.feed.nl
-        elif s.step + 1 < len(p.steps) and s.feed.nl:
-            s.nl = f"{s.nl or ''} {s.feed.nl}".strip()  # a caption the model extended before its tags, for the next step
+            s.nl = f"{s.nl} {written}".strip() if step.expand and s.nl else written
+        elif s.step + 1 < len(p.steps) and written:
+            s.nl = f"{s.nl or ''} {written}".strip()  # a caption the model extended before its tags, for the next step
         if writes_tags:
             short = len(p.general) + len(s.new_tags) < p.minimum
         else:
@@ -300,6 +303,29 @@ class Generator:
             s.nl = " ".join(sentences(s.nl)[: p.sentences[1]])
         return True
 
+    @staticmethod
+    def _show_nl(s: Sequence, step: Step, stream: Stream) -> None:
+        """Hand the stream the caption text a step has written since the last token, as the result will
+        hold it: leading spaces dropped, trailing ones held back until more text follows them."""
+        text = s.feed.take_nl()
+        if not s.nl_shown:
+            text = text.lstrip()
+            if not text:
+                return
+            if step.expand and s.nl:  # a caption being continued: show what it continues first
+                text = f"{s.nl} {text}"
+            s.nl_shown = True
+        elif s.nl_hold is None:  # the first text of a continued call joins with one space
+            text = text.lstrip()
+            if not text:
+                return
+            s.nl_hold = " "
+        pending = s.nl_hold + text
+        shown = pending.rstrip()
+        s.nl_hold = pending[len(shown) :]
+        if shown:
+            stream.nl(s.unit, shown)
+
     def _restart(self, s: Sequence, step: Step, continuations: list | None, retry: bool) -> bool:
         """Start another model call of a sequence (a retry or the next step); False when it cannot fit."""
         prompt = self.format.build(s.p.request, s.p.general + s.new_tags, step, s.nl)
@@ -312,6 +338,7 @@ class Generator:
             continuations.append(call)
         s.calls.append({"task": step.task or "tags", **call, "text": ""})
         s.feed = self.family.decoder(self.tokenizer, step, prompt)
+        s.nl_hold = None if s.nl_shown else ""
         s.restart(ids)
         return True
 

@@ -78,6 +78,10 @@ class StepDecoder(Protocol):
 
     def __call__(self, token: int | None) -> list[str]: ...
 
+    def take_nl(self) -> str:
+        """The caption text written since the last call (newlines as spaces), to show it as it comes."""
+        ...
+
 
 class _TagsOnly:
     """A `StepDecoder` over a tokenizer's tag decoder: no caption, done when the model stops."""
@@ -90,6 +94,9 @@ class _TagsOnly:
 
     def __call__(self, token: int | None) -> list[str]:
         return self.feed(token)
+
+    def take_nl(self) -> str:
+        return ""
 
 
 class PromptFormat(Protocol):

@@ -70,3 +70,6 @@ class Stream:
     def start(self, unit: tuple[int, int], layout: Layout) -> None: ...
 
     def tag(self, unit: tuple[int, int], tag: str) -> None: ...
+
+    def nl(self, unit: tuple[int, int], text: str) -> None:
+        """More of the caption a result is writing (TIPO), as it arrives."""

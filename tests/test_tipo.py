@@ -150,7 +150,7 @@ def test_the_output_parser(generator, step, prompt, text, tags, nl, done):
     """Crafted continuations: more tags then other fields, gen_meta lines, a caption over several lines, the
     caption a model extends before its tags, and nothing at all. Tag endings such as `bangs` stay whole."""
     got, decoder, early = _feed(generator, step, prompt, text)
-    assert got == tags and decoder.nl == nl and early is done
+    assert got == tags and decoder.nl.strip() == nl and early is done
 
 
 def test_repeat_penalty_is_llama_cpp_rule():
@@ -283,3 +283,35 @@ def test_the_caption_ends_the_line_or_takes_its_place_in_the_template():
     assert render(layout, ["smile"], Style(order="category", template=parse_template("people,general")), caption)[0].endswith(
         ", " + caption
     )
+
+
+@pytest.mark.parametrize("write", ["nl", "both"])
+def test_the_caption_streams_live_on_a_terminal_as_it_is_written(tipo, monkeypatch, write):
+    """On a terminal the tags and then the caption appear as they are written, several results interleaved;
+    the lines are those of the plain output."""
+    monkeypatch.setenv("TTY_COMPATIBLE", "1")  # rich treats the output as a terminal
+    monkeypatch.setenv("NO_COLOR", "1")
+    args = ["generate", "1girl, cat ears", "-m", tipo, "--write", write, "--length", "very_long", "--seed", 4]
+    args += ["--max-new-tokens", 24, "-n", 3, "--temperature", 1.5]
+    live = run(*args)
+    monkeypatch.delenv("TTY_COMPATIBLE")
+    plain = run(*args)
+    assert live.exit_code == 0 and plain.exit_code == 0, live.stderr
+    assert live.stdout == plain.stdout and len(plain.stdout.splitlines()) == 3
+
+
+def test_the_stream_receives_the_caption_as_the_result_holds_it(generator):
+    from dtg_cli.outcomes import Stream
+
+    class Recording(Stream):
+        def __init__(self):
+            self.pieces: list[str] = []
+
+        def nl(self, unit, text):
+            self.pieces.append(text)
+
+    sampling = Sampling(temperature=1.5, max_new_tokens=40, seed=11)
+    for nl, write in ((None, "nl"), ("A girl in a field.", "both")):
+        stream = Recording()
+        (result,) = generator.generate(Request.from_options("1girl", nl=nl, write=write, length="very_long", sampling=sampling), stream)
+        assert len(stream.pieces) > 1 and "".join(stream.pieces) == result.nl

@@ -132,14 +132,16 @@ class LiveLine:
 
         self.out = output
         self.units: deque = deque()  # started and not yet written, in output order
-        self.waiting: dict = {}  # unit -> (layout, new tags so far) of a result that is not shown yet
+        self.waiting: dict = {}  # unit -> (layout, new tags so far, caption so far) of a result not shown yet
         self.layout = None  # of the result shown
         self.first = True
         self.open = False  # a line has been started and not ended
+        self.ended = False  # the text after the new tags is shown (a caption has begun)
+        self.captioned = False  # the shown result's caption has begun
 
     def start(self, unit, layout) -> None:
         self.units.append(unit)
-        self.waiting[unit] = (layout, [])
+        self.waiting[unit] = (layout, [], [])
         if len(self.units) == 1:
             self._show(unit)
 
@@ -149,14 +151,31 @@ class LiveLine:
         else:
             self.waiting[unit][1].append(tag)
 
-    def finished(self, nl: str | None = None) -> None:
-        """The shown result has been written: end its line (with its caption, if any) and show the next one."""
+    def nl(self, unit, text: str) -> None:
+        if not (self.units and self.units[0] == unit):
+            self.waiting[unit][2].append(text)
+            return
+        if not self.captioned:
+            self._end_tags()
+            text = ("" if self.first else ", ") + text
+            self.first, self.captioned = False, True
+        self.out.console.print(escape(text), end="")
+
+    def _end_tags(self) -> None:
+        """Show the text that follows the new tags (what the user wrote after them), once."""
         from dtg_cli.tags import stream_parts
 
-        after = stream_parts(self.layout, self.out.style)[1]
-        self.out.console.print(escape(("" if self.first or not after else ", ") + after), end="")
-        if nl:
-            self.out.console.print(escape(("" if self.first and not after else ", ") + nl), end="")
+        if not self.ended:
+            after = stream_parts(self.layout, self.out.style)[1]
+            self.out.console.print(escape(("" if self.first or not after else ", ") + after), end="")
+            self.first = self.first and not after
+            self.ended = True
+
+    def finished(self, nl: str | None = None) -> None:
+        """The shown result has been written: end its line (with its caption, if any) and show the next one."""
+        self._end_tags()
+        if nl and not self.captioned:
+            self.out.console.print(escape(("" if self.first else ", ") + nl), end="")
         self.out.console.print()
         self.open = False
         self.units.popleft()
@@ -166,13 +185,16 @@ class LiveLine:
     def _show(self, unit) -> None:
         from dtg_cli.tags import stream_parts
 
-        self.layout, new = self.waiting.pop(unit)
+        self.layout, new, caption = self.waiting.pop(unit)
         before = stream_parts(self.layout, self.out.style)[0]
         self.out.console.print(escape(before), end="")
         self.first = not before
         self.open = True
+        self.ended = self.captioned = False
         for tag in new:
             self._print(tag)
+        for text in caption:
+            self.nl(unit, text)
 
     def _print(self, tag: str) -> None:
         shown = self.out.style.tag(tag, self.layout)

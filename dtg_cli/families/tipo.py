@@ -132,8 +132,8 @@ class Tipo:
 class TipoDecoder:
     """Reads what TIPO writes after a prompt: the field the prompt ends in, then `key: value` lines (a value
     may run over several lines). Tags of a `tag:` field come back as each comma arrives; caption text is
-    kept in `nl`. `done` once the field the step writes has ended (its line, for tags; a next `key:` line
-    or the end, for a caption)."""
+    kept in `nl` as written, a newline as a space (strip it to use it). `done` once the field the step
+    writes has ended (its line, for tags; a next `key:` line, for a caption)."""
 
     def __init__(self, tokenizer: TextTokenizer, step: Step, prompt: str):
         self.piece = tokenizer.model.piece
@@ -141,8 +141,9 @@ class TipoDecoder:
         self.writes = step.writes
         key = _KEY_LINE.match(prompt.rsplit("\n", 1)[-1])
         self.field: str | None = key[1].strip() if key and key[1].strip() != "target" else None  # what the prompt ends in
-        self.line = ""  # the current line's text not yet used
+        self.line = ""  # the current line's text not yet used (tags, or a line whose key is not known yet)
         self.nl = ""  # caption text written in this step
+        self._shown = ""  # caption text of the field the step writes, not yet taken by `take_nl`
         self.seen_target = self.field == self.writes
         self.done = False
 
@@ -154,33 +155,44 @@ class TipoDecoder:
                 break
             if char == "\n":
                 tags += self._end_line()
-                continue
-            self.line += char
-            if self.field is None:
-                key = _KEY_LINE.match(self.line)
-                if key:
-                    if self.seen_target:
+            elif self.field in ("short", "long"):
+                self._caption(char)
+            else:
+                self.line += char
+                if self.field is None:
+                    key = _KEY_LINE.match(self.line)
+                    if key and self.seen_target:
                         self.done = True  # a next field starts: the one asked for is written
-                        break
-                    self.field, self.line = key[1].strip(), self.line[key.end() :]
-                    self.seen_target = self.field == self.writes
-            elif self.field == "tag" and char == ",":
-                tags += self._tags(self.line[:-1])
-                self.line = ""
+                    elif key:
+                        self.field, self.line = key[1].strip(), ""
+                        self.seen_target = self.field == self.writes
+                elif self.field == "tag" and char == ",":
+                    tags += self._tags(self.line[:-1])
+                    self.line = ""
         if token is None and not self.done:
-            tags += self._end_line()
+            tags += self._end_line(last=True)
         return tags
 
-    def _end_line(self) -> list[str]:
+    def take_nl(self) -> str:
+        text, self._shown = self._shown, ""
+        return text
+
+    def _caption(self, text: str) -> None:
+        self.nl += text
+        if self.field == self.writes or self.field is None:
+            self._shown += text
+
+    def _end_line(self, last: bool = False) -> list[str]:
         tags: list[str] = []
         if self.field == "tag":
             tags = self._tags(self.line)
             if self.writes == "tag":
                 self.done = True
         elif self.field in ("short", "long"):
-            self.nl = f"{self.nl} {self.line.strip()}".strip() if self.line.strip() else self.nl
-        elif self.field is None and self.line.strip() and self.seen_target:
-            self.nl = f"{self.nl} {self.line.strip()}".strip()  # a caption that runs over lines
+            if not last:
+                self._caption(" ")  # a caption that runs over lines is one line
+        elif self.line.strip() and self.seen_target and self.writes != "tag":
+            self._caption(self.line + ("" if last else " "))  # a line of the caption without a key of its own
         self.field, self.line = None, ""
         return tags
 
