@@ -8,7 +8,9 @@ model family's defaults, the file's `[defaults]`, the caller's options, the reco
 
 from __future__ import annotations
 
+import difflib
 import hashlib
+import heapq
 import io
 import json
 import os
@@ -19,6 +21,15 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
+
+try:
+    import tomllib
+except ImportError:  # Python < 3.11
+    import tomli as tomllib
+try:
+    import fcntl
+except ImportError:  # a system without advisory locks
+    fcntl = None
 
 from dtg_cli.engine import Generator
 from dtg_cli.errors import DtgError, UsageError
@@ -251,11 +262,6 @@ class InputFile:
     def _toml_parse(self, start: int, chunk: list[bytes]) -> dict:
         """Parse one piece; a syntax error names the line in the whole file."""
         try:
-            import tomllib
-        except ImportError:  # Python < 3.11
-            import tomli as tomllib
-
-        try:
             return tomllib.loads(b"".join(line + b"\n" for line in chunk).decode("utf-8"))
         except UnicodeDecodeError:
             raise BatchInputError(self._where(start), "not UTF-8 text") from None
@@ -337,7 +343,6 @@ def count_records(path: str, kind: str) -> int:
 
 
 def _unknown_fields(names: Iterable[str], known: Iterable[str]) -> str:
-    import difflib
 
     parts = []
     for name in sorted(names):
@@ -559,9 +564,7 @@ class Output:
 
 def _lock(f, path: Path) -> None:
     """Hold an exclusive lock on the output while the run lasts, or refuse at once."""
-    try:
-        import fcntl
-    except ImportError:  # no advisory locks on this system
+    if fcntl is None:  # no advisory locks on this system
         return
     try:
         fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -761,7 +764,6 @@ def merge(paths: list[str], *, allow_gaps: bool = False) -> Iterator[tuple[dict,
 
 
 def _merged(paths: list[str]) -> Iterator[tuple[tuple[int, int], str, int, dict, bytes]]:
-    import heapq
 
     def read(path: str) -> Iterator[tuple[tuple[int, int], str, int, dict, bytes]]:
         try:

@@ -18,11 +18,13 @@ from pathlib import Path
 
 import numpy as np
 
+from dtg_cli import llama
 from dtg_cli.decoding import MIN_HEAD, Decoder, Sequence
 from dtg_cli.errors import SettingError, UsageError, setting
 from dtg_cli.families import detect, formats
 from dtg_cli.family import Step, sentences
 from dtg_cli.outcomes import Outcome, Result, Stream, Task
+from dtg_cli.registry import accepting, registry
 from dtg_cli.scheduler import Source, schedule
 from dtg_cli.settings import Request, Sampling
 from dtg_cli.tags import Layout, UnknownTags, compile_bans, read, render
@@ -79,8 +81,6 @@ class Generator:
         n_gpu_layers: int = -1,
         threads: int | None = None,
     ):
-        from dtg_cli import llama
-
         started = time.perf_counter()
         self.model = llama.Model(path, n_gpu_layers=n_gpu_layers)
         self.name = name or Path(path).stem
@@ -138,8 +138,6 @@ class Generator:
     def decoder(self, parallel: int, n_ctx_seq: int) -> Decoder:
         """A decoder over a context for `parallel` sequences and one more, the last, which holds the prompt
         head (`Decoder.attach_head`); the context of the last run is kept when it has that shape."""
-        from dtg_cli import llama
-
         n_seq = parallel + 1
         c = self.context
         if c is None or c.n_seq_max != n_seq or c.n_ctx != n_ctx_seq:
@@ -381,7 +379,6 @@ class Generator:
 
 def check_conditions(request: Request, prompt_format, model_name: str) -> None:
     """Refuse conditions a prompt format has no place for, naming the models that have one."""
-    from dtg_cli.registry import accepting
 
     for condition in request.conditions():
         if condition not in prompt_format.accepts:
@@ -394,7 +391,6 @@ def check_conditions(request: Request, prompt_format, model_name: str) -> None:
 
 def detect_prompt_format(model, family) -> str:
     """Which prompt a GGUF expects, from what it records of its source; see `--prompt-format` to choose."""
-    from dtg_cli.registry import registry
 
     hints = [model.metadata(k) or "" for k in ("dtg.source.repo", "general.source.repo_url", "general.name", "general.basename")]
     hints.append(model.path.name)

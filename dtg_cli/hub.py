@@ -1,4 +1,7 @@
-"""Downloads from the Hugging Face Hub, honouring HF_HUB_OFFLINE, HF_TOKEN, HF_ENDPOINT and HF_HOME."""
+"""Downloads from the Hugging Face Hub, honouring HF_HUB_OFFLINE, HF_TOKEN, HF_ENDPOINT and HF_HOME.
+
+huggingface_hub is imported inside each function: it takes a tenth of a second to import, and a run
+of a model already on disk never needs it."""
 
 from __future__ import annotations
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from dtg_cli.errors import MissingDependencyError, ModelFileError
+from dtg_cli.gguf_header import check_hyperparameters, read_metadata
 
 _verbose = False
 _log_callback = None  # kept alive: llama.cpp holds a raw pointer to it
@@ -57,7 +58,6 @@ class Model:
         self.path = Path(path)
         if not self.path.is_file():
             raise ModelFileError(f"{self.path}: no such model file")
-        from dtg_cli.gguf_header import check_hyperparameters, read_metadata
 
         self.header = read_metadata(self.path)  # the GGUF's metadata, as read before llama.cpp loads it
         check_hyperparameters(self.path, self.header)

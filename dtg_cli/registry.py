@@ -10,6 +10,7 @@ from importlib import resources
 from pathlib import Path
 
 from dtg_cli.errors import DtgError
+from dtg_cli.families import FAMILIES, formats
 from dtg_cli.quants import FILE_SUFFIXES
 
 if sys.version_info >= (3, 11):
@@ -62,8 +63,6 @@ def _default_path():
 
 def parse_registry(text: str, source: str = "models.toml") -> dict[str, ModelEntry]:
     """Parse and validate a registry; every problem is reported with the model it concerns."""
-    from dtg_cli.families import FAMILIES, formats
-
     known_formats = formats()
     try:
         data = tomllib.loads(text)
@@ -116,8 +115,6 @@ def lookup(name: str) -> ModelEntry:
 
 def accepting(predicate) -> list[str]:
     """Names of the registered models whose prompt format satisfies `predicate`."""
-    from dtg_cli.families import formats
-
     known_formats = formats()
     return [e.name for e in registry().values() if predicate(known_formats[e.prompt])]
 

@@ -13,7 +13,10 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from dtg_cli import families
 from dtg_cli.errors import DtgError, ModelFileError
+from dtg_cli.gguf_header import ArrayInfo, read_header, read_metadata
+from dtg_cli.hub import cached_file, download_file
 from dtg_cli.quants import DEFAULT_QUANT, FILE_TYPES, QUANTS
 from dtg_cli.registry import ModelEntry, is_model_name, lookup
 
@@ -37,15 +40,14 @@ def models_dir() -> Path:
 def on_disk(entry: ModelEntry, quant: str) -> Path | None:
     """The GGUF of `entry` in `quant` if it is already here (no network)."""
     if entry.in_hub(quant):
-        from dtg_cli.hub import cached_file
-
         return cached_file(entry.repo, entry.gguf_filename(quant), entry.revision)
     path = models_dir() / entry.gguf_filename(quant)
     return path if path.is_file() else None
 
 
 def pull(entry: ModelEntry, quant: str, progress=None, force: bool = False) -> Path:
-    """Make the GGUF of `entry` in `quant` available locally and return its path."""
+    """Make the GGUF of `entry` in `quant` available locally and return its path. The converter (gguf-py,
+    and transformers for --verify) is imported only when a file has to be made."""
     from dtg_cli.convert.pipeline import ConvertProgress
 
     progress = progress or ConvertProgress()
@@ -53,8 +55,6 @@ def pull(entry: ModelEntry, quant: str, progress=None, force: bool = False) -> P
     if found:
         return found
     if entry.in_hub(quant):
-        from dtg_cli.hub import download_file
-
         filename = entry.gguf_filename(quant)
         progress.step(f"downloading {filename} of {entry.repo} from Hugging Face")
         return download_file(entry.repo, filename, entry.revision)
@@ -147,7 +147,6 @@ def _remove_from_hub_cache(repo_id: str, filename: str) -> list[Path]:
 
 def gguf_info(path: Path) -> dict:
     """What a GGUF says about itself: architecture, sizes, vocabulary, quantization, source."""
-    from dtg_cli.gguf_header import ArrayInfo, read_header
 
     header = read_header(path)
 
@@ -191,8 +190,6 @@ def tag_vocabulary(model: str, quant: str = DEFAULT_QUANT) -> tuple[str, frozens
     """(name, tags, why not) for `dtg tags check`: the tags a one-token-per-tag model (Dart v2) can read,
     from its GGUF on disk (never downloaded for this). `tags` is None for a model that reads any text
     (DanTagGen's SentencePiece) and when no file of the model is on disk; `why not` then says which."""
-    from dtg_cli import families
-    from dtg_cli.gguf_header import read_metadata
 
     any_text = "reads any text (SentencePiece), so it has no tag list to check against"
     entry = resolve(model)

@@ -17,10 +17,15 @@ the database costs one decompression (about 15 ms) and no parsing of 140,000 row
 from __future__ import annotations
 
 import bisect
+import csv
+import difflib
+import fnmatch
+import gzip
 import json
 import math
 import re
 import struct
+import sys
 import zlib
 from dataclasses import dataclass
 from functools import cache, cached_property
@@ -28,9 +33,11 @@ from pathlib import Path
 
 import numpy as np
 
+from dtg_cli.errors import DtgError
+
 DATA = Path(__file__).parent / "data" / "danbooru_tags.bin"
 MAGIC = b"DTGTAGS1"
-CATEGORIES = {0: "general", 1: "artist", 3: "copyright", 4: "character", 5: "meta"}
+DANBOORU_CATEGORIES = {0: "general", 1: "artist", 3: "copyright", 4: "character", 5: "meta"}  # danbooru category id -> name
 
 
 def key(tag: str) -> str:
@@ -96,8 +103,6 @@ class TagDatabase:
                 self._raw[name] = data[offset : offset + size]
                 offset += size
         except (OSError, ValueError, KeyError, struct.error) as e:
-            from dtg_cli.errors import DtgError
-
             raise DtgError(f"{path}: the tag database cannot be read ({e}); reinstall dtg") from None
         self._sections: dict[str, bytes] = {}
 
@@ -135,7 +140,7 @@ class TagDatabase:
 
     def entry(self, index: int, alias: str | None = None) -> Tag:
         name = self.names.get(index) or self.keys[index].decode()
-        return Tag(name, CATEGORIES.get(int(self.categories[index]), "general"), int(self.counts[index]), alias)
+        return Tag(name, DANBOORU_CATEGORIES.get(int(self.categories[index]), "general"), int(self.counts[index]), alias)
 
     def _find(self, tag: str) -> tuple[int, str | None] | None:
         """(index, the alias it was found by) of `tag`, by name, then by alias."""
@@ -162,7 +167,6 @@ class TagDatabase:
 
     def search(self, pattern: str, limit: int = 20, category: str | None = None) -> list[Tag]:
         """The most used tags matching a glob (`*hair*`, `cat?ears`) or, without glob characters, a prefix."""
-        import fnmatch
 
         k = key(pattern)
         glob = k if any(c in k for c in "*?[") else k + "*"
@@ -174,7 +178,7 @@ class TagDatabase:
             return []
         found = self.keys.index_of(np.array(hits, dtype=np.int64))
         if category is not None:
-            code = {v: k for k, v in CATEGORIES.items()}[category]
+            code = {v: k for k, v in DANBOORU_CATEGORIES.items()}[category]
             found = found[self.categories[found] == code]
         best = found[np.argsort(-self.counts[found].astype(np.int64), kind="stable")[:limit]]
         return [self.entry(int(i)) for i in best]
@@ -190,7 +194,6 @@ class TagDatabase:
     def suggest(self, tag: str, n: int = 3, allowed=None) -> list[str]:
         """Up to `n` tags the user may have meant: first the tags a known tag is related to by an alias, then
         close spellings of names and aliases, which count for more the more posts a tag has. `allowed(name)` limits them (a model's vocabulary)."""
-        import difflib
 
         allowed = allowed or (lambda name: True)
         k = key(tag)
@@ -244,8 +247,6 @@ def database() -> TagDatabase:
 
 def build(csv_path: Path, out: Path) -> dict:
     """Write the database from tagcomplete's danbooru.csv (plain or .gz): name,category,count,"aliases"."""
-    import csv
-    import gzip
 
     opener = gzip.open if csv_path.suffix == ".gz" else open
     with opener(csv_path, "rt", encoding="utf-8", newline="") as f:
@@ -280,8 +281,6 @@ def build(csv_path: Path, out: Path) -> dict:
 
 
 if __name__ == "__main__":
-    import sys
-
     if len(sys.argv) != 4 or sys.argv[1] != "build":
         sys.exit("usage: python -m dtg_cli.tagdb build DANBOORU_CSV OUT")
     print(build(Path(sys.argv[2]), Path(sys.argv[3])))

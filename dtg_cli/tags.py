@@ -16,12 +16,15 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from dtg_cli.errors import SettingError, UsageError, setting
+from dtg_cli.syntax import Piece, parse
 
 log = logging.getLogger("dtg")
 
+# `dtg_cli.tagdb` (numpy and the bundled database) is imported inside the functions that use it: the CLI
+# imports this module to build its --help, which must not pay for either.
+
 if TYPE_CHECKING:
-    from dtg_cli.settings import Request
-    from dtg_cli.syntax import Piece
+    from dtg_cli.settings import Request  # settings builds on this module
 
 # People counts, which DanTagGen's prompt lists before the other general tags.
 _SPECIAL = re.compile(r"^(?:\d\+?(?:girl|boy|other)s?|multiple (?:girls|boys|others)|no humans)$")
@@ -195,7 +198,6 @@ def check_tags(text: str, vocabulary: Collection[str] | None = None) -> list[dic
     `tag` (canonical), `category`, `posts`, `alias`, `unknown` (to the database), `model_knows` (None without
     a one-token-per-tag `vocabulary`, and for rating and quality words, which are conditions) and
     `suggestions` for a tag that is unknown either way. Raises UsageError when the text holds no tag."""
-    from dtg_cli.syntax import parse
     from dtg_cli.tagdb import database
 
     pieces, _ = parse(text)
@@ -272,7 +274,6 @@ class UnknownTags:
 
 
 def _flag_tags(flag: str, values: Iterable[str]) -> list[str]:
-    from dtg_cli.syntax import parse
 
     try:
         pieces, _ = parse(", ".join(values))
@@ -291,7 +292,6 @@ def read(request: Request, accepts: Collection[str], vocabulary: Collection[str]
     list: the list's tags of that category are then given as general tags (a rating or quality word is
     kept in the output only). `vocabulary` (Dart) picks the spelling the model knows.
     """
-    from dtg_cli.syntax import Piece, parse
 
     pieces, webui = parse(", ".join(request.tags))
     layout = Layout(webui=webui)
@@ -391,7 +391,6 @@ def render(layout: Layout, new_tags: Iterable[str], style: Style = Style(), nl: 
     (`alpha`, `category`). In a sorted section the tags come first, then its networks. With `category`,
     a category the template leaves out is left out of the output.
     """
-    from dtg_cli.syntax import Piece
     from dtg_cli.tagdb import key
 
     new = [Item(Piece("tag", t), replace(identify(t), name=t)) for t in new_tags]  # as the model wrote them

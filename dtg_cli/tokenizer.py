@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dtg_cli.errors import ModelFileError
+from dtg_cli.gguf_header import read_metadata
 
 HF_JSON_KEY = "tokenizer.huggingface.json"
 
@@ -234,7 +235,6 @@ def _is_word_char(c: str) -> bool:
 
 def read_gguf_string(path: str | Path, key: str) -> str | None:
     """One string value from a GGUF's metadata, or None when the key is absent."""
-    from dtg_cli.gguf_header import read_metadata
 
     value = read_metadata(path).get(key)
     return value if isinstance(value, str) else None

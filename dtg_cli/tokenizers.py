@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 from dtg_cli.errors import ModelFileError
 from dtg_cli.family import Prompt
+from dtg_cli.tokenizer import WordLevelTokenizer
 
 
 class Tokenizer:
@@ -67,7 +68,6 @@ class TagTokenizer(Tokenizer):
     """A one-token-per-tag vocabulary (Dart v2), read from the tokenizer.json a GGUF carries."""
 
     def __init__(self, json_text: str):
-        from dtg_cli.tokenizer import WordLevelTokenizer
 
         super().__init__()
         self.inner = WordLevelTokenizer.from_json(json_text)

@@ -1,6 +1,9 @@
 """The `dtg` command line: a shell over the library. Each command parses its flags, calls one library
 function and prints; `app.py` holds the Typer app and the one error boundary, `options.py` the options
-several commands share, `ui.py` what is shown on a terminal, and one module per command group."""
+several commands share, `ui.py` what is shown on a terminal, and one module per command group.
+
+A command imports the library inside its body: `dtg --help` and `dtg --version` then load neither numpy,
+llama.cpp nor the tag database."""
 
 from __future__ import annotations
 

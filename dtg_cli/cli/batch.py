@@ -91,7 +91,7 @@ def batch(
     import contextlib
 
     from dtg_cli import batch as batching
-    from dtg_cli.generate import open_model
+    from dtg_cli.api import open_model
     from dtg_cli.settings import Request
 
     setup_logging(verbose)

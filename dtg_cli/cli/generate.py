@@ -61,8 +61,8 @@ def generate(
     import itertools
     from dataclasses import replace
 
+    from dtg_cli.api import open_model
     from dtg_cli.errors import UsageError
-    from dtg_cli.generate import open_model
     from dtg_cli.output import check_kind
     from dtg_cli.settings import Request
     from dtg_cli.tags import split_tags

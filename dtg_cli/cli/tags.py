@@ -89,15 +89,15 @@ def tags_search(
     import json
 
     from dtg_cli.errors import UsageError
-    from dtg_cli.tagdb import CATEGORIES, database, key
+    from dtg_cli.tagdb import DANBOORU_CATEGORIES, database, key
 
     output_format = _table_format(output_format)
     if not key(pattern):
         raise UsageError("the pattern is empty (use '*' for every tag)")
     if limit < 1:
         raise UsageError(f"--limit: {limit} must be 1 or more")
-    if category is not None and category not in CATEGORIES.values():
-        raise UsageError(f"--category: {category!r} is not one of {', '.join(CATEGORIES.values())}")
+    if category is not None and category not in DANBOORU_CATEGORIES.values():
+        raise UsageError(f"--category: {category!r} is not one of {', '.join(DANBOORU_CATEGORIES.values())}")
     found = database().search(pattern, limit=limit, category=category)
     if output_format == "json":
         sys.stdout.write(

@@ -1,4 +1,5 @@
-"""`generate`: the whole job behind `dtg generate`, for Python callers too."""
+"""The Python API: `open_model` (a registry name or a .gguf path, pulled if needed, loaded) and `generate`,
+the whole job behind `dtg generate`."""
 
 from __future__ import annotations
 
