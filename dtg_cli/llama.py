@@ -6,7 +6,10 @@ Every model dtg loads goes through `Model`, which is where the loader-wide worka
 from __future__ import annotations
 
 import ctypes
+import importlib
+import importlib.util
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,11 +21,44 @@ _verbose = False
 _log_callback = None  # kept alive: llama.cpp holds a raw pointer to it
 
 
+def _import_llama_cpp():
+    """llama-cpp-python's package with its ctypes bindings, imported on first use (llama.cpp loads with it).
+
+    The package's __init__ also imports its high-level `Llama` class and chat templates (jinja2): a tenth
+    of a second of every `dtg generate` that dtg never uses. So the package is registered without running
+    its __init__, the bindings module is imported alone and its names put on the package (as the __init__
+    does), and the __init__ runs on first access to any other name (`llama_cpp.Llama`, `__version__`)."""
+    if "llama_cpp" in sys.modules:
+        return sys.modules["llama_cpp"]
+    spec = importlib.util.find_spec("llama_cpp")
+    if spec is None or spec.loader is None:
+        raise ImportError("llama_cpp")
+    package = importlib.util.module_from_spec(spec)
+    sys.modules["llama_cpp"] = package
+    try:
+        ctypes_bindings = importlib.import_module("llama_cpp.llama_cpp")
+    except BaseException:
+        del sys.modules["llama_cpp"]
+        raise
+    package.__dict__.update({k: v for k, v in vars(ctypes_bindings).items() if not k.startswith("_")})
+
+    def rest_of_the_package(name: str):
+        del package.__getattr__  # once: the real __init__ now fills the package
+        spec.loader.exec_module(package)
+        try:
+            return package.__dict__[name]
+        except KeyError:
+            raise AttributeError(f"module 'llama_cpp' has no attribute {name!r}") from None
+
+    package.__getattr__ = rest_of_the_package
+    return package
+
+
 def bindings():
     """The llama_cpp module, imported on first use with its log output routed through dtg."""
     global _log_callback
     try:
-        import llama_cpp
+        llama_cpp = _import_llama_cpp()
     except ImportError as e:  # pragma: no cover - it is a hard dependency
         raise MissingDependencyError("llama-cpp-python is not installed: pip install llama-cpp-python") from e
     if _log_callback is None:

@@ -1,6 +1,8 @@
 """The package's shape: imports point one way, from low-level modules up to the CLI, with no cycles."""
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -70,3 +72,19 @@ def test_the_cli_is_imported_by_nothing_in_the_library():
             continue
         imported = runtime_imports(path)
         assert not [m for m in imported if m == "dtg_cli.cli" or m.startswith("dtg_cli.cli.")], path
+
+
+def test_llama_cpp_loads_without_its_high_level_api_which_stays_reachable():
+    """dtg imports llama-cpp-python's bindings alone (its Llama class and chat templates cost start-up);
+    the rest of the package still loads on first use, for any other code in the same process."""
+    code = (
+        "import sys\n"
+        "from dtg_cli import llama\n"
+        "llama.bindings()\n"
+        "assert 'llama_cpp.llama' not in sys.modules and 'jinja2' not in sys.modules\n"
+        "import llama_cpp\n"
+        "assert llama_cpp.__version__ and llama_cpp.Llama.__name__ == 'Llama'\n"
+        "from llama_cpp import llama_backend_init, LlamaGrammar\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr

@@ -59,36 +59,39 @@ def setup_logging(verbose: bool) -> None:
 
 
 class StderrProgress:
-    """Conversion progress on stderr: a live bar on a terminal, one line per step otherwise."""
+    """Conversion progress on stderr: a live bar on a terminal, one line per step otherwise. The bar (rich's
+    live widgets, a twentieth of a second to import) is made at the first step: a run that downloads and
+    converts nothing never loads it."""
 
     def __init__(self):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
         self.live = err.is_terminal
-        self.bar = Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=err.real(), transient=True
-        )
+        self.bar = None
         self.task = None
 
     def __enter__(self):
-        if self.live:
-            self.bar.start()
         return self
 
     def __exit__(self, *exc):
-        if self.live:
+        if self.bar is not None:
             self.bar.stop()
 
     def step(self, description: str, total: int | None = None) -> None:
+        if not self.live:
+            err.print(f"{escape(description)}…", soft_wrap=True)
+            return
+        if self.bar is None:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self.bar = Progress(
+                TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=err.real(), transient=True
+            )
+            self.bar.start()
         if self.task is not None:
             self.bar.update(self.task, completed=self.bar.tasks[self.task].total or 1)
-        if self.live:
-            self.task = self.bar.add_task(description, total=total)
-        else:
-            err.print(f"{escape(description)}…", soft_wrap=True)
+        self.task = self.bar.add_task(description, total=total)
 
     def advance(self, done: int) -> None:
-        if self.live and self.task is not None:
+        if self.bar is not None and self.task is not None:
             self.bar.update(self.task, completed=done)
 
 
