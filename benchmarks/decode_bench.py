@@ -58,6 +58,7 @@ def main() -> None:
 
     from dtg_cli import llama
     from dtg_cli.engine import Generator, Task
+    from dtg_cli.scheduler import context_per_sequence, default_parallel
     from dtg_cli.settings import Request
 
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="dtg-bench-"))
@@ -70,8 +71,8 @@ def main() -> None:
         with Generator(gguf, prompt_format=prompt_format, n_gpu_layers=0) as generator:
             generator.unknown.warn = False
             prepared = [generator.prepare(Task(Request.from_options(line))) for line in lines]
-            n_ctx_seq = generator.context_per_sequence(max(len(p.input_ids) for p in prepared), new)
-            default = generator.default_parallel(n_ctx_seq)
+            n_ctx_seq = context_per_sequence(generator.model, max(len(p.input_ids) for p in prepared), new)
+            default = default_parallel(generator.model, n_ctx_seq)
         suffix = float(np.mean([len(p.input_ids) - len(p.head) for p in prepared]))
         fill = round(np.mean([len(p.input_ids) for p in prepared]) + new / 2 - args.steps)
         best = {True: 0.0, False: 0.0}

@@ -29,6 +29,8 @@ from dtg_cli.sampler import Sampler
 
 if TYPE_CHECKING:
     from dtg_cli.engine import Prepared
+    from dtg_cli.family import Step
+    from dtg_cli.outcomes import Stream
 
 UBATCH = 512  # tokens per llama.cpp micro-batch (Context's n_ubatch)
 MIN_HEAD = 8  # tokens: a shorter shared prompt head is decoded with the rest of each prompt
@@ -76,6 +78,28 @@ class Sequence:
         self.stop = "max_new_tokens"
         self.started = time.perf_counter()
         self.prompt_s: float | None = None
+
+    def show_nl(self, step: Step, stream: Stream) -> None:
+        """Hand the stream the caption text the step has written since the last token, as the result will
+        hold it: leading spaces dropped, trailing ones held back until more text follows them."""
+        text = self.feed.take_nl()
+        if not self.nl_shown:
+            text = text.lstrip()
+            if not text:
+                return
+            if step.expand and self.nl:  # a caption being continued: show what it continues first
+                text = f"{self.nl} {text}"
+            self.nl_shown = True
+        elif self.nl_hold is None:  # the first text of a continued call joins with one space
+            text = text.lstrip()
+            if not text:
+                return
+            self.nl_hold = " "
+        pending = self.nl_hold + text
+        shown = pending.rstrip()
+        self.nl_hold = pending[len(shown) :]
+        if shown:
+            stream.nl(self.unit, shown)
 
     def restart(self, prompt_ids: list[int]) -> None:
         """Decode a new prompt in this slot from scratch (a continuation or the next step)."""

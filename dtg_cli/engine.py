@@ -9,7 +9,6 @@ token ids), samples each sequence's next token, and assembles `Result`s. How seq
 from __future__ import annotations
 
 import logging
-import os
 import secrets
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -25,24 +24,12 @@ from dtg_cli.families import detect, formats
 from dtg_cli.family import Step, sentences
 from dtg_cli.outcomes import Outcome, Result, Stream, Task
 from dtg_cli.registry import accepting, registry
+from dtg_cli.sampler import BanMask
 from dtg_cli.scheduler import Source, schedule
 from dtg_cli.settings import Request, Sampling
 from dtg_cli.tags import Layout, UnknownTags, compile_bans, read, render
 
 log = logging.getLogger("dtg")
-
-CPU_PARALLEL = 128  # sequences per decode on a CPU; throughput gains flatten past this on small models
-GPU_PARALLEL = 255  # with layers offloaded to a GPU (llama.cpp's limit is 256 sequences, one is spare)
-
-
-def kv_budget() -> int:
-    """Bytes of KV cache the default --parallel may fill: an eighth of the machine's memory, between
-    512 MiB and 4 GiB (1 GiB where the memory size cannot be read)."""
-    try:
-        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (AttributeError, ValueError, OSError):
-        return 1 << 30
-    return max(512 << 20, min(4 << 30, total // 8))
 
 
 @dataclass
@@ -100,7 +87,7 @@ class Generator:
         self._decoder: Decoder | None = None
         self._heads: dict[Request, list[int]] = {}  # `_head_of`, by conditions
         self.unknown = UnknownTags(self.name, self.tokenizer.vocabulary)
-        self._last_ban: tuple[tuple[str, ...] | None, np.ndarray | None] = (None, None)
+        self._bans = BanMask(self.tokenizer.tag_of, self.model.n_vocab)
         self.load_s = time.perf_counter() - started
 
     def close(self) -> None:
@@ -120,21 +107,6 @@ class Generator:
     def check(self, request: Request) -> None:
         check_conditions(request, self.format, self.name)
 
-    # -- sizing --
-
-    def context_per_sequence(self, prompt_tokens: int, max_new_tokens: int) -> int:
-        """KV cells per sequence: room for a prompt of at least 256 tokens and the token budget, rounded up
-        to 256, at least 512, at most what the model was trained on."""
-        need = max(prompt_tokens, 256) + max_new_tokens
-        return min(self.model.n_ctx_train, max(512, -(-need // 256) * 256))
-
-    def default_parallel(self, n_ctx_seq: int) -> int:
-        """Sequences per decode when the caller does not say: 128 on a CPU (255 with layers on a GPU), fewer
-        when their KV cache would pass `kv_budget()`."""
-        cap = GPU_PARALLEL if self.model.offloads else CPU_PARALLEL
-        by_memory = kv_budget() // (self.model.kv_bytes_per_token * n_ctx_seq)
-        return max(1, min(cap, by_memory, self.model.max_sequences() - 1))
-
     def decoder(self, parallel: int, n_ctx_seq: int) -> Decoder:
         """A decoder over a context for `parallel` sequences and one more, the last, which holds the prompt
         head (`Decoder.attach_head`); the context of the last run is kept when it has that shape."""
@@ -151,18 +123,6 @@ class Generator:
         return self._decoder
 
     # -- generation --
-
-    def _ban_mask(self, patterns: tuple[str, ...], banned) -> np.ndarray | None:
-        """For one-token-per-tag vocabularies: -inf on every banned tag, so it is never sampled. Matching the
-        whole vocabulary takes tens of milliseconds, so the mask of the last ban list is kept for the next
-        prompt (a pipeline repeats it on every line)."""
-        if not patterns or self.tokenizer.tag_of is None:
-            return None
-        if self._last_ban[0] != patterns:
-            mask = np.zeros(self.model.n_vocab, dtype=np.float32)
-            mask[[i for i, tag in self.tokenizer.tag_of.items() if banned(tag)]] = -np.inf
-            self._last_ban = (patterns, mask)
-        return self._last_ban[1]
 
     def prepare(self, task: Task, index: int = 0, note_unknown: bool = True) -> Prepared:
         """Check a task and build its prompt; raises UsageError for what this model cannot do."""
@@ -196,7 +156,7 @@ class Generator:
             task=task, index=index, request=request, sampling=sampling, seeds=seeds, prompt=prompt,
             input_ids=input_ids, head=self._head_of(request), general=general,
             layout=reading.layout,
-            banned=banned, bias=self._ban_mask(request.ban, banned), minimum=minimum, maximum=maximum,
+            banned=banned, bias=self._bans(request.ban, banned), minimum=minimum, maximum=maximum,
             conditions=self.format.conditions(request), steps=steps,
             retries=request.retries if request.retries is not None else self.family.max_retries,
             sentences=self.format.sentence_range(request.length),
@@ -262,7 +222,7 @@ class Generator:
                 if writes_tags:
                     self._keep(s, tag, stream)
             if stream and not writes_tags:
-                self._show_nl(s, step, stream)
+                s.show_nl(step, stream)
             if s.feed.done:
                 stop = "eos"  # the model has written the field the step asked for
             elif writes_tags and p.maximum is not None and len(p.general) + len(s.new_tags) >= p.maximum:
@@ -290,41 +250,18 @@ class Generator:
         if stop == "eos" and short and len(s.continuations) < p.retries:
             # Stopped short of its length's minimum: continue this step from everything so far.
             again = Step(step.task, step.writes, expand=True)
-            if self._restart(s, again, s.continuations, retry=True):
+            if self._restart(s, again, s.continuations):
                 return False
         if s.step + 1 < len(p.steps):
             s.step += 1
-            if self._restart(s, p.steps[s.step], None, retry=False):
+            if self._restart(s, p.steps[s.step], None):
                 return False
             s.stop = "context"
         if s.nl is not None and p.sentences[1] is not None and not writes_tags:
             s.nl = " ".join(sentences(s.nl)[: p.sentences[1]])
         return True
 
-    @staticmethod
-    def _show_nl(s: Sequence, step: Step, stream: Stream) -> None:
-        """Hand the stream the caption text a step has written since the last token, as the result will
-        hold it: leading spaces dropped, trailing ones held back until more text follows them."""
-        text = s.feed.take_nl()
-        if not s.nl_shown:
-            text = text.lstrip()
-            if not text:
-                return
-            if step.expand and s.nl:  # a caption being continued: show what it continues first
-                text = f"{s.nl} {text}"
-            s.nl_shown = True
-        elif s.nl_hold is None:  # the first text of a continued call joins with one space
-            text = text.lstrip()
-            if not text:
-                return
-            s.nl_hold = " "
-        pending = s.nl_hold + text
-        shown = pending.rstrip()
-        s.nl_hold = pending[len(shown) :]
-        if shown:
-            stream.nl(s.unit, shown)
-
-    def _restart(self, s: Sequence, step: Step, continuations: list | None, retry: bool) -> bool:
+    def _restart(self, s: Sequence, step: Step, continuations: list | None) -> bool:
         """Start another model call of a sequence (a retry or the next step); False when it cannot fit."""
         prompt = self.format.build(s.p.request, s.p.general + s.new_tags, step, s.nl)
         ids = self.tokenizer.encode(prompt)

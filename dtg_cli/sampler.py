@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 
 import numpy as np
 
@@ -56,3 +57,23 @@ class Sampler:
             ids, p = ids[:keep], p[:keep] / p[:keep].sum()
         pick = int(np.searchsorted(np.cumsum(p), self.rng.random() * p.sum(), side="right"))
         return int(ids[min(pick, len(ids) - 1)])
+
+
+class BanMask:
+    """For a one-token-per-tag vocabulary: a bias of -inf on every banned tag, so that it is never sampled.
+    Matching the whole vocabulary takes tens of milliseconds, so the mask of the last ban list is kept for
+    the next prompt (a pipeline repeats it on every line)."""
+
+    def __init__(self, tag_of: dict[int, str] | None, n_vocab: int):
+        self.tag_of = tag_of  # id -> tag; None for a vocabulary that is not one token per tag
+        self.n_vocab = n_vocab
+        self._last: tuple[tuple[str, ...] | None, np.ndarray | None] = (None, None)
+
+    def __call__(self, patterns: tuple[str, ...], banned: Callable[[str], bool]) -> np.ndarray | None:
+        if not patterns or self.tag_of is None:
+            return None
+        if self._last[0] != patterns:
+            mask = np.zeros(self.n_vocab, dtype=np.float32)
+            mask[[i for i, tag in self.tag_of.items() if banned(tag)]] = -np.inf
+            self._last = (patterns, mask)
+        return self._last[1]

@@ -8,6 +8,7 @@ back `Outcome`s in input order, holding at most a window of finished ones that w
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 from collections import deque
@@ -22,6 +23,35 @@ if TYPE_CHECKING:
     from dtg_cli.engine import Generator, Prepared
 
 log = logging.getLogger("dtg")
+
+CPU_PARALLEL = 128  # sequences per decode on a CPU; throughput gains flatten past this on small models
+GPU_PARALLEL = 255  # with layers offloaded to a GPU (llama.cpp's limit is 256 sequences, one is spare)
+
+
+def kv_budget() -> int:
+    """Bytes of KV cache the default --parallel may fill: an eighth of the machine's memory, between
+    512 MiB and 4 GiB (1 GiB where the memory size cannot be read)."""
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return 1 << 30
+    return max(512 << 20, min(4 << 30, total // 8))
+
+
+def context_per_sequence(model, prompt_tokens: int, max_new_tokens: int) -> int:
+    """KV cells per sequence: room for a prompt of at least 256 tokens and the token budget, rounded up
+    to 256, at least 512, at most what the model (`dtg_cli.llama.Model`) was trained on."""
+    need = max(prompt_tokens, 256) + max_new_tokens
+    return min(model.n_ctx_train, max(512, -(-need // 256) * 256))
+
+
+def default_parallel(model, n_ctx_seq: int) -> int:
+    """Sequences per decode when the caller does not say: 128 on a CPU (255 with layers on a GPU), fewer
+    when their KV cache would pass `kv_budget()`."""
+    cap = GPU_PARALLEL if model.offloads else CPU_PARALLEL
+    by_memory = kv_budget() // (model.kv_bytes_per_token * n_ctx_seq)
+    return max(1, min(cap, by_memory, model.max_sequences() - 1))
+
 
 END = object()  # a source has no more items
 NOT_READY = object()  # a source has nothing yet; asking again later may give more
@@ -82,7 +112,7 @@ def schedule(
     """Generate for every `Task` of `items`, up to `parallel` sequences in one decode; a finished sequence's
     slot takes the next waiting one at once. Outcomes come back in input order; items that are not tasks
     pass through in their place. Sizes not given are chosen from the first task
-    (`Generator.context_per_sequence`, then `Generator.default_parallel`, at most `most`)."""
+    (`context_per_sequence`, then `default_parallel`, at most `most`)."""
     source = items if isinstance(items, Source) else IterSource(items)
     waiting: deque[tuple[Prepared, int]] = deque()  # variants not in a slot yet
     order: deque[list] = deque()  # [unit, outcome or None] in input order
@@ -108,9 +138,9 @@ def schedule(
             try:
                 prepared = generator.prepare(item, index)
                 if decoder is None:
-                    n_ctx_seq = generator.context_per_sequence(len(prepared.input_ids), prepared.sampling.max_new_tokens)
+                    n_ctx_seq = context_per_sequence(generator.model, len(prepared.input_ids), prepared.sampling.max_new_tokens)
                     if parallel is None:
-                        parallel = min(generator.default_parallel(n_ctx_seq), most or generator.model.max_sequences())
+                        parallel = min(default_parallel(generator.model, n_ctx_seq), most or generator.model.max_sequences())
                     decoder = generator.decoder(parallel, n_ctx_seq)
                     log.info(f"{parallel} sequences per decode, {n_ctx_seq} tokens of context each")
                     slots = [None] * parallel
