@@ -203,13 +203,14 @@ class Generator:
         """One variant of a prepared task, to decode in `slot`."""
         s = Sequence(prepared, variant, slot)
         s.feed = self.family.decoder(self.tokenizer, prepared.steps[0], prepared.prompt)
-        s.nl = prepared.request.nl
+        s.nl = s.nl_given = prepared.request.nl
+        s.call = prepared.steps[0]
         return s
 
     def advance(self, s: Sequence, logits: np.ndarray, stream: Stream | None) -> bool:
         """Sample the next token of a sequence; True when the sequence is finished."""
         p = s.p
-        step = p.steps[s.step]
+        step = s.call  # this model call's step: one of `p.steps`, or a retry of it that continues its field
         writes_tags = step.writes == "tag"
         token = s.sampler(logits)
         s.pass_ids.append(token)
@@ -226,6 +227,8 @@ class Generator:
             if s.feed.done:
                 stop = "eos"  # the model has written the field the step asked for
             elif writes_tags and p.maximum is not None and len(p.general) + len(s.new_tags) >= p.maximum:
+                stop = "length"
+            elif not writes_tags and p.sentences[1] is not None and self._caption_full(s, step, p.sentences[1]):
                 stop = "length"
             elif s.n_past + 1 >= self.context.n_ctx:
                 stop = "context"
@@ -246,10 +249,10 @@ class Generator:
         if writes_tags:
             short = len(p.general) + len(s.new_tags) < p.minimum
         else:
-            short = len(sentences(s.nl or "")) < p.sentences[0] and step.task == "tag_to_long"  # its caption is in `long:`
+            short = len(sentences(s.nl or "")) < p.sentences[0]
         if stop == "eos" and short and len(s.continuations) < p.retries:
             # Stopped short of its length's minimum: continue this step from everything so far.
-            again = Step(step.task, step.writes, expand=True)
+            again = Step(p.steps[s.step].task, step.writes, expand=True)
             if self._restart(s, again, s.continuations):
                 return False
         if s.step + 1 < len(p.steps):
@@ -261,9 +264,22 @@ class Generator:
             s.nl = " ".join(sentences(s.nl)[: p.sentences[1]])
         return True
 
+    @staticmethod
+    def _caption_full(s: Sequence, step: Step, most: int) -> bool:
+        """Whether the caption has just ended its `most`-th sentence (the step stops there)."""
+        text = f"{s.nl} {s.feed.nl}" if step.expand and s.nl else s.feed.nl
+        text = text.rstrip()
+        return text.endswith((".", "!", "?")) and len(sentences(text)) >= most
+
     def _restart(self, s: Sequence, step: Step, continuations: list | None) -> bool:
-        """Start another model call of a sequence (a retry or the next step); False when it cannot fit."""
-        prompt = self.format.build(s.p.request, s.p.general + s.new_tags, step, s.nl)
+        """Start another model call of a sequence (a retry of its step, given `continuations`, or its next
+        step); False when it cannot fit. A caption step's retry reads the caption it was given and continues
+        the one it is writing."""
+        retry = continuations is not None
+        if not retry:
+            s.nl_given = s.nl
+        written = s.nl if retry and step.writes != "tag" else None
+        prompt = self.format.build(s.p.request, s.p.general + s.new_tags, step, s.nl_given if written is not None else s.nl, written)
         ids = self.tokenizer.encode(prompt)
         if len(ids) + 1 >= self.context.n_ctx:
             return False
@@ -273,6 +289,7 @@ class Generator:
             continuations.append(call)
         s.calls.append({"task": step.task or "tags", **call, "text": ""})
         s.feed = self.family.decoder(self.tokenizer, step, prompt)
+        s.call = step
         s.nl_hold = None if s.nl_shown else ""
         s.restart(ids)
         return True

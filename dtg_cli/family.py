@@ -115,9 +115,12 @@ class PromptFormat(Protocol):
         """The model calls a request takes, in order (`ONE_STEP` for a family without tasks)."""
         ...
 
-    def build(self, request: Request, general: list[str], step: Step | None = None, nl: str | None = None) -> Prompt:
+    def build(
+        self, request: Request, general: list[str], step: Step | None = None, nl: str | None = None, written: str | None = None
+    ) -> Prompt:
         """The exact model input for `request` with these general tags (also used to continue a result), for
-        one of its `steps` (default: the first) with the caption so far (`nl`, default: the request's)."""
+        one of its `steps` (default: the first), with the caption it reads (`nl`, default: the request's) and
+        the caption it is writing, to continue it (`written`)."""
         ...
 
     def conditions(self, request: Request) -> dict:

@@ -48,7 +48,9 @@ class PlainTags:
     def steps(self, request: Request) -> tuple[Step, ...]:
         return ONE_STEP
 
-    def build(self, request: Request, general: list[str], step: Step | None = None, nl: str | None = None) -> Prompt:
+    def build(
+        self, request: Request, general: list[str], step: Step | None = None, nl: str | None = None, written: str | None = None
+    ) -> Prompt:
         return Prompt(Control("<|bos|>"), Control("<general>"), ", ".join(general))
 
     def conditions(self, request: Request) -> dict:

@@ -315,3 +315,57 @@ def test_the_stream_receives_the_caption_as_the_result_holds_it(generator):
         stream = Recording()
         (result,) = generator.generate(Request.from_options("1girl", nl=nl, write=write, length="very_long", sampling=sampling), stream)
         assert len(stream.pieces) > 1 and "".join(stream.pieces) == result.nl
+
+
+def test_a_short_caption_is_continued_with_the_caption_it_was_given(generator):
+    """A step writing a fresh caption from a short one retries with both: `short:` as given, `long:` so far."""
+    request = _request("", nl=CAPTION, write="nl")
+    (step,) = TIPO.steps(request)
+    again = Step(step.task, step.writes, expand=True)
+    assert (
+        TIPO.build(request, [], again, CAPTION, "Her hair is long.")
+        == f"target: <|short_to_long|>\nshort: {CAPTION}\nlong: Her hair is long."
+    )
+
+    script = generator.model.tokenize(" She smiles.", add_special=False, parse_special=False) + [2]  # then </s>
+
+    class Writes(Sampler):
+        """Writes the script in each model call."""
+
+        at = 0
+
+        def __call__(self, logits):
+            token = script[min(self.at, len(script) - 1)]
+            self.at += 1
+            return token
+
+        def restart(self):
+            self.at = 0
+
+    import dtg_cli.decoding
+
+    original = dtg_cli.decoding.Sampler
+    dtg_cli.decoding.Sampler = Writes
+    try:
+        request = Request.from_options("", nl=CAPTION, write="nl", length="very_long", retries=2, sampling=Sampling(seed=5))
+        (result,) = generator.generate(request)
+    finally:
+        dtg_cli.decoding.Sampler = original
+    assert [c["prompt"] for c in result.continuations] == [
+        f"target: <|short_to_long|>\nshort: {CAPTION}\nlong: She smiles.",
+        f"target: <|short_to_long|>\nshort: {CAPTION}\nlong: She smiles. She smiles.",
+    ]
+    assert result.nl == "She smiles. She smiles. She smiles." and len(result.steps) == 3
+
+
+def test_a_caption_stops_at_the_end_of_its_last_allowed_sentence():
+    from types import SimpleNamespace
+
+    def full(written: str, before: str | None = None, expand: bool = False) -> bool:
+        s = SimpleNamespace(nl=before, feed=SimpleNamespace(nl=written))
+        return Generator._caption_full(s, Step("tag_to_long", "long", expand), 2)
+
+    assert not full(" One. Two")
+    assert full(" One. Two. ")
+    assert not full(" One.")
+    assert full(" Two!", before="One.", expand=True)

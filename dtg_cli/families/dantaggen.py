@@ -51,7 +51,9 @@ class DanTagGen:
     def steps(self, request: Request) -> tuple[Step, ...]:
         return ONE_STEP
 
-    def build(self, request: Request, general: list[str], step: Step | None = None, nl: str | None = None) -> Prompt:
+    def build(
+        self, request: Request, general: list[str], step: Step | None = None, nl: str | None = None, written: str | None = None
+    ) -> Prompt:
         def field(tags: tuple[str, ...]) -> str:
             return ", ".join(tags) or Control("<|empty|>")
 

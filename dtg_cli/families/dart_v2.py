@@ -48,7 +48,9 @@ class DartV2:
     def steps(self, request: Request) -> tuple[Step, ...]:
         return ONE_STEP
 
-    def build(self, request: Request, general: list[str], step: Step | None = None, nl: str | None = None) -> Prompt:
+    def build(
+        self, request: Request, general: list[str], step: Step | None = None, nl: str | None = None, written: str | None = None
+    ) -> Prompt:
         ratio = request.aspect_ratio if request.aspect_ratio is not None else DEFAULT_ASPECT_RATIO
         pieces = [
             Control("<|bos|>"), Control("<copyright>"), ", ".join(request.copyright), Control("</copyright>"),

@@ -68,7 +68,9 @@ class Tipo:
         given = {(False, False): "nothing", (True, False): "tags", (False, True): "nl", (True, True): "both"}
         return PLANS[(request.write or "tags", given[(bool(request.tags), request.nl is not None)])]
 
-    def build(self, request: Request, general: list[str], step: Step | None = None, nl: str | None = None) -> Prompt:
+    def build(
+        self, request: Request, general: list[str], step: Step | None = None, nl: str | None = None, written: str | None = None
+    ) -> Prompt:
         step = step or self.steps(request)[0]
         nl = request.nl if nl is None else nl
         lines = []
@@ -93,6 +95,8 @@ class Tipo:
         fields = step.task.split("_to_") if step.task else ["tag"]
         caption = one_line(nl or "")  # a task that reads a short caption has it in `short:`, else in `long:`
         content = {"tag": ", ".join(tags), "short": caption if "short" in fields else "", "long": "" if "short" in fields else caption}
+        if written is not None:  # continuing the caption this step writes (a retry)
+            content[step.writes] = one_line(written)
         body = ""
         for i, key in enumerate(fields):
             if content[key]:
