@@ -85,7 +85,7 @@ class Generator:
         self.defaults = self.family.sampling
         self.context = None
         self._decoder: Decoder | None = None
-        self._heads: dict[Request, list[int]] = {}  # `_head_of`, by conditions
+        self._heads: dict[tuple[Request, Step], list[int]] = {}  # `_head_of`, by conditions and first step
         self.unknown = UnknownTags(self.name, self.tokenizer.vocabulary)
         self._bans = BanMask(self.tokenizer.tag_of, self.model.n_vocab)
         self.load_s = time.perf_counter() - started
@@ -154,7 +154,7 @@ class Generator:
         minimum, maximum = self.format.tag_count_range(request.length)
         return Prepared(
             task=task, index=index, request=request, sampling=sampling, seeds=seeds, prompt=prompt,
-            input_ids=input_ids, head=self._head_of(request), general=general,
+            input_ids=input_ids, head=self._head_of(request, steps[0]), general=general,
             layout=reading.layout,
             banned=banned, bias=self._bans(request.ban, banned), minimum=minimum, maximum=maximum,
             conditions=self.format.conditions(request), steps=steps,
@@ -162,13 +162,13 @@ class Generator:
             sentences=self.format.sentence_range(request.length),
         )  # fmt: skip
 
-    def _head_of(self, request: Request) -> list[int]:
-        """The tokens every prompt of these conditions starts with, whatever its tags: decoded once and
+    def _head_of(self, request: Request, step: Step) -> list[int]:
+        """The tokens every first prompt of these conditions starts with, whatever its tags: decoded once and
         copied to each sequence whose prompt starts with them (a prompt that tokenizes differently at the
         seam decodes whole). Empty when shorter than MIN_HEAD."""
-        key = replace(request, tags=(), ban=(), num=1, sampling=Sampling())
+        key = (replace(request, tags=(), ban=(), num=1, sampling=Sampling()), step)
         if self._heads.get(key) is None:
-            probes = [self.tokenizer.encode(self.format.build(key, tags)) for tags in ([], ["1girl"], ["solo"])]
+            probes = [self.tokenizer.encode(self.format.build(key[0], tags, step)) for tags in ([], ["1girl"], ["solo"])]
             n = 0
             while all(n < len(p) and p[n] == probes[0][n] for p in probes):
                 n += 1

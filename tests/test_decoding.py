@@ -54,7 +54,7 @@ def _run(path, parallel: int, recorded: list) -> list[list[int]]:
         return [o.result.output_ids for o in generator.run(tasks, parallel=parallel)]
 
 
-@pytest.mark.parametrize("kind", ["dart-moe", "dantaggen"])
+@pytest.mark.parametrize("kind", ["dart-moe", "dantaggen", "tipo"])
 def test_every_decode_of_a_batch_has_one_shape(ggufs, kind):
     recorded: list[RecordingContext] = []
     _run(ggufs[kind]["q8_0"], 5, recorded)
@@ -73,7 +73,7 @@ def test_every_decode_of_a_batch_has_one_shape(ggufs, kind):
     assert all(not logits for ((_, _, _, logits),) in heads)
 
 
-@pytest.mark.parametrize("kind", ["dart-moe", "dart-dense", "dantaggen"])
+@pytest.mark.parametrize("kind", ["dart-moe", "dart-dense", "dantaggen", "tipo"])
 def test_results_do_not_depend_on_parallel(ggufs, kind):
     results = {p: _run(ggufs[kind]["q8_0"], p, []) for p in (2, 3, 16)}
     assert results[2] == results[3] == results[16]

@@ -369,3 +369,11 @@ def test_a_caption_stops_at_the_end_of_its_last_allowed_sentence():
     assert full(" One. Two. ")
     assert not full(" One.")
     assert full(" Two!", before="One.", expand=True)
+
+
+@pytest.mark.parametrize("options", [{}, {"write": "nl"}, {"nl": CAPTION, "write": "both"}, {"nl": CAPTION}])
+def test_the_shared_prompt_head_is_that_of_the_first_step(generator, options):
+    from dtg_cli.outcomes import Task
+
+    prepared = generator.prepare(Task(_request("1girl, solo", rating="general", **options)))
+    assert len(prepared.head) >= 8 and prepared.input_ids[: len(prepared.head)] == prepared.head
