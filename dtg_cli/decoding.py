@@ -65,8 +65,8 @@ class Sequence:
         self.feed = None  # the step's StepDecoder (`Generator.sequence`)
         self.step = 0  # which of the prepared steps is being decoded
         self.call = prepared.steps[0]  # the step of the current model call (a retry continues its field)
-        self.nl: str | None = None  # the caption so far
-        self.nl_given: str | None = None  # the caption the current step was given (its retries read it again)
+        self.nl = prepared.request.nl  # the caption so far
+        self.nl_given = self.nl  # the caption the current step was given (its retries read it again)
         self.nl_shown = False  # the caption has started to reach the stream
         self.nl_hold: str | None = ""  # spaces not shown yet; None: a new call's text is to join with one
         self.calls: list[dict] = [  # every model call: task, prompt, input_ids, output_ids, text

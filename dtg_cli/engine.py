@@ -203,8 +203,6 @@ class Generator:
         """One variant of a prepared task, to decode in `slot`."""
         s = Sequence(prepared, variant, slot)
         s.feed = self.family.decoder(self.tokenizer, prepared.steps[0], prepared.prompt)
-        s.nl = s.nl_given = prepared.request.nl
-        s.call = prepared.steps[0]
         return s
 
     def advance(self, s: Sequence, logits: np.ndarray, stream: Stream | None) -> bool:

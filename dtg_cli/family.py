@@ -99,6 +99,16 @@ class _TagsOnly:
         return ""
 
 
+class TagsOnly:
+    """What a `PromptFormat` without tasks or captions inherits: one step, extending the tags."""
+
+    def steps(self, request: Request) -> tuple[Step, ...]:
+        return ONE_STEP
+
+    def sentence_range(self, length: str | None) -> tuple[int, int | None]:
+        return 0, None  # writes no caption
+
+
 class PromptFormat(Protocol):
     """One prompt layout of a family, registered by name (`--prompt-format`)."""
 
@@ -112,7 +122,7 @@ class PromptFormat(Protocol):
         ...
 
     def steps(self, request: Request) -> tuple[Step, ...]:
-        """The model calls a request takes, in order (`ONE_STEP` for a family without tasks)."""
+        """The model calls a request takes, in order (`ONE_STEP` for a family without tasks, `TagsOnly`)."""
         ...
 
     def build(

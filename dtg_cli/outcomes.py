@@ -35,7 +35,7 @@ class Result:
     stop: str  # "eos", "max_new_tokens", "length" (a length cap) or "context" (the context is full)
     sampling: dict
     timings: dict
-    continuations: list[dict] = field(default_factory=list)  # DanTagGen retries: prompt and output ids each
+    continuations: list[dict] = field(default_factory=list)  # retries below a length's minimum: prompt and ids each
     conditions: dict = field(default_factory=dict)  # the conditions the prompt was built with, defaults included
     layout: Layout | None = field(default=None, repr=False)  # what the user wrote, for `dtg_cli.tags.render`
     nl: str | None = None  # the caption: written by the model (TIPO --write nl|both) or given (--nl)

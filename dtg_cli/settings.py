@@ -30,6 +30,27 @@ DEFAULT_IDENTITY = "lax"
 DEFAULT_ASPECT_RATIO = ASPECT_RATIOS["tall"]
 
 
+def _is_tags(value: Any) -> bool:
+    return isinstance(value, str) or (isinstance(value, (list, tuple)) and all(isinstance(t, str) for t in value))
+
+
+def _is_number(value: Any) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, float))
+
+
+# What each kind of setting accepts, and that in words.
+_TYPES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "tags": (_is_tags, "a string or a list of strings"),
+    "patterns": (_is_tags, "a string or a list of strings"),
+    "choice": (lambda v: isinstance(v, str), "a string"),
+    "text": (lambda v: isinstance(v, str), "a string"),
+    "aspect": (lambda v: isinstance(v, str) or _is_number(v), "a name, a number or W:H"),
+    "int": (lambda v: _is_number(v) and float(v).is_integer(), "an integer"),
+    "float": (_is_number, "a number"),
+    "bool": (lambda v: isinstance(v, bool), "true or false"),
+}
+
+
 @dataclass(frozen=True)
 class Setting:
     """One setting of a request, declared once in `SETTINGS`: `Request`, `Sampling`, batch records and the
@@ -48,29 +69,8 @@ class Setting:
 
     def check_type(self, value: Any) -> None:
         """Refuse a value of the wrong type, as JSON or TOML can give it (None is unset)."""
-        if value is None:
-            return
-        wrong = {
-            "tags": lambda v: not (isinstance(v, str) or (isinstance(v, (list, tuple)) and all(isinstance(t, str) for t in v))),
-            "patterns": lambda v: not (isinstance(v, str) or (isinstance(v, (list, tuple)) and all(isinstance(t, str) for t in v))),
-            "choice": lambda v: not isinstance(v, str),
-            "text": lambda v: not isinstance(v, str),
-            "aspect": lambda v: isinstance(v, bool) or not isinstance(v, (str, int, float)),
-            "int": lambda v: isinstance(v, bool) or not isinstance(v, (int, float)) or not float(v).is_integer(),
-            "float": lambda v: isinstance(v, bool) or not isinstance(v, (int, float)),
-            "bool": lambda v: not isinstance(v, bool),
-        }[self.kind]
-        if wrong(value):
-            what = {
-                "tags": "a string or a list of strings",
-                "patterns": "a string or a list of strings",
-                "choice": "a string",
-                "text": "a string",
-                "aspect": "a name, a number or W:H",
-                "int": "an integer",
-                "float": "a number",
-                "bool": "true or false",
-            }[self.kind]
+        fits, what = _TYPES[self.kind]
+        if value is not None and not fits(value):
             raise SettingError(f"{setting(self.name)}: {value!r} must be {what}")
 
     def check(self, value: Any) -> Any:
@@ -150,6 +150,11 @@ SETTINGS: tuple[Setting, ...] = (
 SETTING = {s.name: s for s in SETTINGS}
 CONDITIONS = tuple(s.name for s in SETTINGS if s.group == "condition" and s.name not in ("width", "height"))  # Request fields
 SAMPLING = tuple(s.name for s in SETTINGS if s.group == "sampling")
+# The Request fields that hold one value (the tag lists are read by `dtg_cli.tags.read`; width and height
+# become aspect_ratio in `Request.from_options`).
+SINGLE_VALUED = tuple(
+    s.name for s in SETTINGS if s.group != "sampling" and s.kind not in ("tags", "patterns") and s.name not in ("width", "height")
+)
 
 
 def parse_aspect_ratio(value: str | float | int) -> float:
@@ -222,7 +227,7 @@ class Request:
     sampling: Sampling = field(default_factory=Sampling)
 
     def __post_init__(self):
-        for name in ("rating", "aspect_ratio", "length", "identity", "nl", "write", "auto", "num", "retries"):
+        for name in SINGLE_VALUED:
             object.__setattr__(self, name, SETTING[name].check(getattr(self, name)))
         compile_bans(self.ban)  # a bad pattern is an error now, not after the model has loaded
 
@@ -274,11 +279,7 @@ class Request:
             if unknown:
                 raise UsageError(f"unknown sampling setting {', '.join(sorted(unknown))} (known: {', '.join(sorted(known))})")
             sampling = Sampling(**sampling)
-        unknown = (
-            set(conditions)
-            - {s.name for s in SETTINGS if s.group != "sampling" and s.kind not in ("tags", "patterns")}
-            - {"width", "height", "aspect_ratio"}
-        )
+        unknown = set(conditions) - set(SINGLE_VALUED) - {"aspect_ratio"}
         if unknown:
             raise UsageError(f"unknown setting {', '.join(sorted(unknown))}")
         return cls(

@@ -148,10 +148,9 @@ def merge(
 
     A result found in two files, or a record found in none, stops the merge with an error."""
     from dtg_cli import batch as batching
-    from dtg_cli.errors import UsageError
+    from dtg_cli.output import check_kind
 
-    if output_format not in ("jsonl", "text"):
-        raise UsageError(f"--format: {output_format!r} is not one of jsonl, text")
+    check_kind(output_format, ("jsonl", "text"))
     out = sys.stdout.buffer if hasattr(sys.stdout, "buffer") else None
     for record, raw in batching.merge([str(f) for f in files], allow_gaps=allow_gaps):
         if output_format == "text":

@@ -16,15 +16,8 @@ from dtg_cli.errors import DtgError
 tags_app = typer.Typer(help="Look tags up in the bundled danbooru tag database.", no_args_is_help=True)
 app.add_typer(tags_app, name="tags")
 
+TABLE_FORMATS = ("table", "json")
 TableFormat = Annotated[str, typer.Option("--format", help="table or json.")]
-
-
-def _table_format(value: str) -> str:
-    from dtg_cli.errors import UsageError
-
-    if value not in ("table", "json"):
-        raise UsageError(f"--format: {value!r} is not one of table, json")
-    return value
 
 
 @tags_app.command("check")
@@ -41,11 +34,12 @@ def tags_check(
     """
     import json
 
+    from dtg_cli.output import check_kind
     from dtg_cli.quants import parse_quant
     from dtg_cli.store import tag_vocabulary
     from dtg_cli.tags import check_tags
 
-    output_format = _table_format(output_format)
+    output_format = check_kind(output_format, TABLE_FORMATS)
     if tags == "-":
         lines = list(stdin_lines())
         if bad := next((line for line in lines if isinstance(line, DtgError)), None):
@@ -89,9 +83,10 @@ def tags_search(
     import json
 
     from dtg_cli.errors import UsageError
+    from dtg_cli.output import check_kind
     from dtg_cli.tagdb import DANBOORU_CATEGORIES, database, key
 
-    output_format = _table_format(output_format)
+    output_format = check_kind(output_format, TABLE_FORMATS)
     if not key(pattern):
         raise UsageError("the pattern is empty (use '*' for every tag)")
     if limit < 1:

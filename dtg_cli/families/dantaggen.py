@@ -7,7 +7,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from dtg_cli.family import ONE_STEP, Control, Family, Prompt, Step
+from dtg_cli.family import Control, Family, Prompt, Step, TagsOnly
 from dtg_cli.settings import DEFAULT_ASPECT_RATIO, DEFAULT_LENGTH, DEFAULT_RATING, Request, Sampling
 from dtg_cli.tags import is_special
 from dtg_cli.tokenizers import TextTokenizer
@@ -31,7 +31,7 @@ DANTAGGEN_MAXIMUM = {"medium": 29}
 
 
 @dataclass(frozen=True)
-class DanTagGen:
+class DanTagGen(TagsOnly):
     """DanTagGen's field lines; delta and delta-rev2 add a first `quality:` line."""
 
     name: str
@@ -47,9 +47,6 @@ class DanTagGen:
     def general_order(self, general: list[str]) -> list[str]:
         """People counts (1girl, no humans, ...) first, as in training; otherwise the given order."""
         return [t for t in general if is_special(t)] + [t for t in general if not is_special(t)]
-
-    def steps(self, request: Request) -> tuple[Step, ...]:
-        return ONE_STEP
 
     def build(
         self, request: Request, general: list[str], step: Step | None = None, nl: str | None = None, written: str | None = None
@@ -87,9 +84,6 @@ class DanTagGen:
             length=request.length or DEFAULT_LENGTH,
         )
         return values
-
-    def sentence_range(self, length: str | None) -> tuple[int, int | None]:
-        return 0, None  # writes no caption
 
     def tag_count_range(self, length: str | None) -> tuple[int, int | None]:
         """(minimum, maximum) general tags in a result, input included, for the requested length."""

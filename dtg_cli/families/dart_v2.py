@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from dtg_cli.family import ONE_STEP, Control, Family, Prompt, Step
+from dtg_cli.family import Control, Family, Prompt, Step, TagsOnly
 from dtg_cli.settings import DEFAULT_ASPECT_RATIO, DEFAULT_IDENTITY, DEFAULT_LENGTH, DEFAULT_RATING, Request, Sampling
 from dtg_cli.tokenizer import HF_JSON_KEY
 from dtg_cli.tokenizers import TagTokenizer
@@ -28,7 +28,7 @@ def dart_aspect_bucket(ratio: float) -> str:
 
 
 @dataclass(frozen=True)
-class DartV2:
+class DartV2(TagsOnly):
     """Dart v2: section markers and condition tokens; SFT adds identity and `<|input_end|>`."""
 
     name: str
@@ -44,9 +44,6 @@ class DartV2:
     def general_order(self, general: list[str]) -> list[str]:
         # The base models were pretrained on alphabetically sorted lists, and continue one.
         return general if self.sft else sorted(general)
-
-    def steps(self, request: Request) -> tuple[Step, ...]:
-        return ONE_STEP
 
     def build(
         self, request: Request, general: list[str], step: Step | None = None, nl: str | None = None, written: str | None = None
@@ -77,9 +74,6 @@ class DartV2:
         if self.sft:
             values["identity"] = request.identity or DEFAULT_IDENTITY
         return values
-
-    def sentence_range(self, length: str | None) -> tuple[int, int | None]:
-        return 0, None  # writes no caption
 
     def tag_count_range(self, length: str | None) -> tuple[int, int | None]:
         return 0, None  # the length token steers the model; nothing to enforce afterwards
