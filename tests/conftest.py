@@ -17,6 +17,13 @@ def pytest_configure(config):
     os.environ.pop("DTG_DEBUG", None)
 
 
+def pytest_unconfigure(config):
+    """The session's hub caches hold converted models; they go with the session."""
+    home = os.environ.get("HF_HOME", "")
+    if "dtg-test-hf-home-" in home:
+        shutil.rmtree(home, ignore_errors=True)
+
+
 @pytest.fixture(autouse=True)
 def hub_cache(tmp_path_factory, monkeypatch):
     """Each test gets an empty hub cache of its own, read and written by the real huggingface_hub code."""
