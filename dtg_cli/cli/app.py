@@ -10,6 +10,7 @@ import typer
 from typer.core import TyperGroup
 
 from dtg_cli import __version__
+from dtg_cli.cli.coercion import install
 from dtg_cli.cli.ui import err, escape
 from dtg_cli.errors import DtgError, SettingError
 
@@ -32,6 +33,10 @@ _USAGE_ERRORS = _usage_errors()
 
 class _ErrorBoundary(TyperGroup):
     """The one place where project errors become a red line on stderr and an exit code."""
+
+    def main(self, *args, **kwargs):
+        install(self)  # option values converted without pydantic (`coercion.py`)
+        return super().main(*args, **kwargs)
 
     def invoke(self, ctx):
         try:
