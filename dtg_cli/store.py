@@ -8,29 +8,16 @@ once, into its own cache: `$DTG_HOME/models`, by default in the user's cache dir
 
 from __future__ import annotations
 
-import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from dtg_cli import families
 from dtg_cli.errors import DtgError, ModelFileError
 from dtg_cli.gguf_header import ArrayInfo, read_header, read_metadata
+from dtg_cli.home import dtg_home
 from dtg_cli.hub import cached_file, download_file
 from dtg_cli.quants import DEFAULT_QUANT, FILE_TYPES, QUANTS
 from dtg_cli.registry import ModelEntry, is_model_name, lookup
-
-
-def dtg_home() -> Path:
-    """`$DTG_HOME`, or dtg's folder in the platform's user cache directory."""
-    if os.environ.get("DTG_HOME"):
-        return Path(os.environ["DTG_HOME"]).expanduser()
-    if sys.platform == "win32":
-        base = Path(os.environ.get("LOCALAPPDATA") or Path.home() / "AppData" / "Local")
-        return base / "dtg" / "Cache"
-    if sys.platform == "darwin":
-        return Path.home() / "Library" / "Caches" / "dtg"
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "dtg"
 
 
 def models_dir() -> Path:

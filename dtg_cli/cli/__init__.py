@@ -9,15 +9,25 @@ from __future__ import annotations
 
 import sys
 
+from dtg_cli import helpcache
 from dtg_cli.cli import batch, convert, generate, models, tags  # noqa: F401 - each registers its commands
 from dtg_cli.cli.app import app, keep_stdout_for_results
 
 __all__ = ["app", "main", "keep_stdout_for_results"]
 
 
-def main() -> None:
+def main(help_page: str | None = None) -> None:
+    """Run the command line. `help_page`: the `helpcache` key of the page this request prints, which is
+    kept for the next identical request if the command exits 0."""
     keep_stdout_for_results()
+    recorder = None
+    if help_page is not None:
+        sys.stdout = recorder = helpcache.Recorder(sys.stdout)
     try:
         app()
     except KeyboardInterrupt:  # raised outside a command, e.g. while importing
         sys.exit(130)
+    except SystemExit as e:
+        if recorder is not None and e.code in (0, None):
+            recorder.keep(help_page)
+        raise
