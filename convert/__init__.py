@@ -1,4 +1,4 @@
-"""Convert Hugging Face checkpoints of Dart v2 and DanTagGen to GGUF (F16, Q8_0, Q6_K).
+"""Convert Hugging Face checkpoints of Dart v2, DanTagGen and TIPO to GGUF (F16, Q8_0, Q6_K).
 
 Installed as `dtg_cli.convert` (the repository keeps it at its root)::
 

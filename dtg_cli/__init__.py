@@ -1,4 +1,4 @@
-"""dtg: run Dart v2 and DanTagGen, the small language models that write Danbooru tag prompts."""
+"""dtg: run Dart v2, DanTagGen and TIPO, the small language models that write Danbooru tag prompts."""
 
 import os as _os
 

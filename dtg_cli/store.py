@@ -133,9 +133,13 @@ def _remove_from_hub_cache(repo_id: str, filename: str) -> list[Path]:
 
 
 def gguf_info(path: Path) -> dict:
-    """What a GGUF says about itself: architecture, sizes, vocabulary, quantization, source."""
+    """What a GGUF says about itself: architecture, model family, sizes, vocabulary, quantization, source."""
 
     header = read_header(path)
+    try:
+        family = families.detect(header.metadata, path).name
+    except ModelFileError:  # a GGUF of no family dtg runs: still described
+        family = None
 
     def value(key: str):
         found = header.metadata.get(key)
@@ -154,6 +158,7 @@ def gguf_info(path: Path) -> dict:
         "size_bytes": path.stat().st_size,
         "name": value("general.name"),
         "architecture": arch,
+        "family": family,
         "quant": names.get(file_type, f"file type {file_type}" if file_type is not None else None),
         "parameters": params,
         "layers": value(f"{arch}.block_count"),

@@ -168,7 +168,7 @@ def test_dart_is_downloaded_and_converted_once_on_first_use(checkpoints, dtg_hom
     info = run("models", "info", "dart-v2-moe-sft", "--format", "json")
     file = json.loads(info.stdout)["file"]
     assert file["source_repo"] == "p1atdev/dart-v2-moe-sft" and file["source_revision"] == DART_SFT_REVISION
-    assert file["quant"] == "Q8_0" and file["architecture"] == "llama" and file["experts"] == 4
+    assert file["quant"] == "Q8_0" and file["architecture"] == "llama" and file["experts"] == 4 and file["family"] == "dart-v2"
 
 
 def test_dantaggen_gguf_comes_from_the_hub_cache(ggufs):
@@ -223,10 +223,11 @@ def test_models_pull_list_info_rm(checkpoints, ggufs, dtg_home):
 def test_models_info_of_a_file(dtg):
     info = json.loads(run("models", "info", dtg, "--format", "json").stdout)["file"]
     assert info["vocabulary"] == 32006 and info["tokenizer"] == "llama" and info["quant"] == "Q8_0"
+    assert info["family"] == "dantaggen"
 
 
 def test_dtg_home_default_is_the_user_cache(monkeypatch, tmp_path):
-    from dtg_cli.store import dtg_home
+    from dtg_cli.home import dtg_home
 
     monkeypatch.delenv("DTG_HOME")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))

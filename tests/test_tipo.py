@@ -37,6 +37,11 @@ def test_tipo_is_told_from_dantaggen_by_its_vocabulary(ggufs):
     assert detect(read_metadata(ggufs["dantaggen"]["q8_0"]), "x").name == "dantaggen"
 
 
+def test_models_info_names_the_family(tipo, dtg):
+    assert "family: tipo" in run("models", "info", tipo).stdout.splitlines()
+    assert "family: dantaggen" in run("models", "info", dtg).stdout.splitlines()
+
+
 def _request(tags="", **options):
     return Request.from_options(tags, **options)
 

@@ -91,7 +91,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
-    help="Run Dart v2 and DanTagGen, the small language models that write Danbooru tag prompts.",
+    help="Run Dart v2, DanTagGen and TIPO, the small language models that write Danbooru tag prompts.",
 )
 
 
