@@ -45,6 +45,19 @@ def test_help_does_not_import_llama_cpp():
     assert done.stdout.strip().endswith("False")
 
 
+def test_generate_into_a_pipe_loads_no_terminal_ui(dart):
+    """rich (about 40 ms to import) is for terminals: results into a pipe, and nothing on stderr, need none of it."""
+    import subprocess
+
+    code = (
+        "import sys\nfrom dtg_cli.cli import main\n"
+        f"sys.argv = ['dtg', 'generate', '1girl', '-m', {str(dart)!r}, '--seed', '3', '--threads', '1']\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\nprint(sorted(m for m in sys.modules if m.split('.')[0] == 'rich'), file=sys.stderr)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.stdout.startswith("1girl") and done.stderr.strip().splitlines()[-1] == "[]", done.stderr
+
+
 def test_convert_prints_the_written_paths(checkpoints, tmp_path):
     result = run("convert", checkpoints["dart-moe"], "--out", tmp_path, "--quant", "f16,q6_k", "--name", "dart")
     assert result.exit_code == 0, result.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -26,6 +27,18 @@ class _LazyConsole:
 
 
 err = _LazyConsole()
+
+
+def may_be_terminal(stream) -> bool:
+    """False only where rich's Console would find no terminal: a stream that is not a tty, and none of the
+    variables that make rich treat one as a terminal. Asked before rich is imported (about 40 ms), which
+    output to a pipe or a file then never pays."""
+    if os.environ.get("TTY_COMPATIBLE") == "1" or os.environ.get("FORCE_COLOR") is not None:
+        return True
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):  # no stream, or a closed one
+        return False
 
 
 def stdout_console():
@@ -64,7 +77,7 @@ class StderrProgress:
     converts nothing never loads it."""
 
     def __init__(self):
-        self.live = err.is_terminal
+        self.live = may_be_terminal(sys.stderr) and err.is_terminal
         self.bar = None
         self.task = None
 
@@ -99,14 +112,16 @@ class ResultOutput:
     """Results on stdout (`dtg_cli.output.ResultWriter`), with the tags of text lines streamed live on a terminal."""
 
     def __init__(self, kind: str, style):
-        from rich.console import Console  # start-up: see _LazyConsole
-
         from dtg_cli.output import ResultWriter
 
         self.writer = ResultWriter(kind, style)
         self.style = style
-        self.console = Console(highlight=False, soft_wrap=True, emoji=False)
-        self.live = kind == "text" and self.console.is_terminal and style.order == "model"  # other orders need the whole result
+        self.console = None  # rich's, for the live line: only on a terminal
+        if kind == "text" and style.order == "model" and may_be_terminal(sys.stdout):  # other orders need the whole result
+            from rich.console import Console  # start-up: see _LazyConsole
+
+            self.console = Console(highlight=False, soft_wrap=True, emoji=False)
+        self.live = self.console is not None and self.console.is_terminal
         self.stream = LiveLine(self) if self.live else None
 
     def __enter__(self):
