@@ -1,7 +1,5 @@
 """`dtg_cli.cli.coercion`: option values converted without pydantic, exactly as Typer converts them."""
 
-import subprocess
-import sys
 from typing import Annotated
 
 import pytest
@@ -9,6 +7,7 @@ import typer
 import typer.main
 
 from dtg_cli.cli import app, coercion
+from tests.test_cli import in_a_new_process
 
 pytestmark = pytest.mark.skipif(coercion.RuntimeParam is None, reason="this Typer converts values without pydantic")
 
@@ -67,14 +66,8 @@ def test_every_option_of_generate_and_batch_is_converted_quickly():
 
 
 def test_a_dtg_generate_process_never_imports_pydantic(dart):
-    code = (
-        "import sys\nfrom dtg_cli.cli import main\n"
-        f"sys.argv = ['dtg', 'generate', '1girl, cat ears', '-m', {str(dart)!r}, '--seed', '3', '--temperature', '0.9', '--threads', '1']\n"
-        "try:\n    main()\nexcept SystemExit:\n    pass\nprint('pydantic' in sys.modules, file=sys.stderr)"
-    )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert done.stdout.startswith("1girl, cat ears"), done.stderr
-    assert done.stderr.strip().splitlines()[-1] == "False"
+    out, modules = in_a_new_process("generate", "1girl, cat ears", "-m", dart, "--seed", 3, "--temperature", 0.9, "--threads", 1)
+    assert out.startswith("1girl, cat ears") and "typer" in modules and "pydantic" not in modules
 
 
 def test_a_malformed_value_is_still_one_line_from_typer():
