@@ -144,7 +144,7 @@ def main() -> None:
         rows["transformers"].append((wall, result["tokens_per_s"], result["new_tokens"], rss))
 
     print(f"Dart v2 MoE (full size, random weights), {args.new_tokens} new tokens, {args.runs} processes each, {args.threads} threads")
-    print(f"{'tool':<13} {'median wall s':>14} {'median tokens/s':>16} {'new tags':>9} {'peak RSS MB':>12}")
+    print(f"{'tool':<19} {'median wall s':>14} {'median tokens/s':>16} {'new tags':>9} {'peak RSS MB':>12}")
     medians = {}
     for tool, runs in rows.items():
         wall = statistics.median(r[0] for r in runs)
@@ -153,7 +153,7 @@ def main() -> None:
         rss = max(r[3] for r in runs)
         medians[tool] = (wall, rate)
         label = f"{tool} ({'Q8_0' if tool == 'dtg' else 'fp32'})"
-        print(f"{label:<13} {wall:14.2f} {rate:16.1f} {tags:9.0f} {rss:12.0f}")
+        print(f"{label:<19} {wall:14.2f} {rate:16.1f} {tags:9.0f} {rss:12.0f}")
     print(
         f"dtg is {medians['transformers'][0] / medians['dtg'][0]:.1f}x faster per process and "
         f"{medians['dtg'][1] / medians['transformers'][1]:.1f}x faster per generated token"
