@@ -71,7 +71,7 @@ def page_key(args: list[str]) -> str | None:
     one line that names everything the page depends on."""
     if not args or args[-1] != "--help" or len(args) > 4 or not all(_COMMAND_WORD.fullmatch(word) for word in args[:-1]):
         return None
-    if sys.stdout is None:
+    if sys.stdout is None or sys.platform == "win32":  # a Windows console's features are not in the environment
         return None
     try:
         main_spec = getattr(sys.modules.get("__main__"), "__spec__", None)  # click names `python -m dtg_cli` so
