@@ -162,8 +162,9 @@ def main() -> None:
     generate_one = [*dtg, "generate", TAGS, "--model", str(gguf), "--max-new-tokens", "1", "--threads", str(args.threads)]
     # `--help` renders its page on the first request and prints the kept page after (dtg_cli/helpcache.py):
     # both are timed, each with a DTG_HOME of its own.
-    fresh_homes = iter(tempfile.mkdtemp(prefix="dtg-help-", dir=workdir) for _ in range(args.runs))
-    kept_home = tempfile.mkdtemp(prefix="dtg-help-", dir=workdir)
+    homes = Path(tempfile.mkdtemp(prefix="dtg-help-"))
+    fresh_homes = iter(str(homes / f"fresh-{i}") for i in range(args.runs))
+    kept_home = str(homes / "kept")
     run_and_measure([*dtg, "--help"], env={"DTG_HOME": kept_home})
     startup = {
         "dtg --version": ([*dtg, "--version"], dict),
@@ -178,6 +179,7 @@ def main() -> None:
             for seed in range(1, args.runs + 1)
         ]
         print(f"  {label:<48} {statistics.median(walls):6.3f}")
+    shutil.rmtree(homes)
 
 
 if __name__ == "__main__":
