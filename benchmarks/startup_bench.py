@@ -1,0 +1,86 @@
+"""Start-up of several source trees of dtg side by side, interleaved in one run.
+
+    git worktree add /tmp/dtg-before 1e9f8ef
+    python -m benchmarks.startup_bench --gguf /tmp/bench/dart-moe-Q8_0.gguf /tmp/dtg-before .
+
+Each tree runs as `python -m dtg_cli` with that tree first on PYTHONPATH, from an empty folder (so that
+neither the current directory nor an editable install stands in for it); its `.py` files are compiled
+first, as pip does when it installs. For each command, one process of each tree in turn, `--runs`
+times; the median wall time of each. Interleaving matters on a shared machine whose speed drifts between
+runs. `--gguf`: a Dart v2 GGUF for the `dtg generate` rows (`benchmarks.generate_bench --workdir DIR`
+writes one, `DIR/dart-moe-Q8_0.gguf`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import compileall
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+TAGS = "1girl, cat ears, solo, looking at viewer"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("trees", nargs="+", type=Path, help="source checkouts of dtg (a folder holding dtg_cli/)")
+    parser.add_argument("--gguf", type=Path, required=True, help="a Dart v2 GGUF for the generate rows")
+    parser.add_argument("--runs", type=int, default=15)
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    args = parser.parse_args()
+    trees = [tree.resolve() for tree in args.trees]
+    for tree in trees:
+        if not (tree / "dtg_cli" / "__init__.py").is_file():
+            raise SystemExit(f"{tree}: not a dtg source tree")
+        for package in ("dtg_cli", "convert"):
+            if (tree / package).is_dir():
+                compileall.compile_dir(tree / package, quiet=1)
+
+    generate = ["generate", TAGS, "-m", str(args.gguf), "--seed", "1", "--threads", str(args.threads)]
+    commands = {
+        "dtg --version": (["--version"], False),
+        "dtg --help (renders)": (["--help"], True),
+        "dtg --help (kept page)": (["--help"], False),
+        "dtg generate, 1 token": ([*generate, "--max-new-tokens", "1"], False),
+        "dtg generate, 40 tags": ([*generate, "--max-new-tokens", "40"], False),
+    }
+    scratch = Path(tempfile.mkdtemp(prefix="dtg-startup-"))
+    env = {tree: dict(os.environ, PYTHONPATH=str(tree), DTG_HOME=str(scratch / f"home-{i}")) for i, tree in enumerate(trees)}
+    for tree in trees:  # the page a later --help prints
+        subprocess.run([sys.executable, "-m", "dtg_cli", "--help"], env=env[tree], cwd=scratch, stdout=subprocess.DEVNULL, check=True)
+    walls: dict[tuple[str, Path], list[float]] = {}
+    fresh = 0
+    for _ in range(args.runs):
+        for label, (command, renders) in commands.items():
+            for tree in trees:
+                run_env = env[tree]
+                if renders:  # a DTG_HOME with no page in it
+                    fresh += 1
+                    run_env = {**run_env, "DTG_HOME": str(scratch / f"fresh-{fresh}")}
+                start = time.perf_counter()
+                subprocess.run(
+                    [sys.executable, "-m", "dtg_cli", *command],
+                    env=run_env,
+                    cwd=scratch,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                    check=True,
+                )
+                walls.setdefault((label, tree), []).append(time.perf_counter() - start)
+    shutil.rmtree(scratch)
+
+    names = [tree.name for tree in trees]
+    print(f"median wall s of {args.runs} processes each, interleaved, {args.threads} threads")
+    print(f"{'':<24}" + "".join(f"{name[-14:]:>15}" for name in names))
+    for label in commands:
+        print(f"{label:<24}" + "".join(f"{statistics.median(walls[(label, tree)]):14.3f}s" for tree in trees))
+
+
+if __name__ == "__main__":
+    main()
