@@ -3,6 +3,7 @@ one whole `dtg generate` process, and `dtg batch` beside transformers `generate`
 same prompts, in the same run.
 
     python -m benchmarks.tipo_bench [--workdir DIR] [--records 64] [--new-tokens 32] [--hf-batch 16] [--threads N]
+                                    [--parallel 8,16,32,64]
 
 `dtg generate`: the median wall time of --runs processes that extend tags (`--max-new-tokens`
 --new-tokens) and of processes that make one new token (the time to the first token, plus the exit).
@@ -10,7 +11,8 @@ same prompts, in the same run.
 and new tokens/s from its JSONL output and its summary line (model loading excluded). transformers: the
 same prompt ids, left-padded into batches of --hf-batch, `generate` with the same sampling settings and
 `min_new_tokens` = `max_new_tokens` = the mean number of tokens dtg generated per record, so both make the
-same number of tokens. Random weights: this measures speed, not the quality of the tags.
+same number of tokens. `--parallel`: `dtg batch` again on the same prompts at each of these --parallel,
+records/s of each beside the default's. Random weights: this measures speed, not the quality of the tags.
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ def main() -> None:
     parser.add_argument("--hf-batch", type=int, default=16)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--parallel", default="", help="comma-separated --parallel values to run dtg batch at too")
     args = parser.parse_args()
     workdir = args.workdir
     workdir.mkdir(parents=True, exist_ok=True)
@@ -82,15 +85,20 @@ def main() -> None:
     prompts = workdir / "tipo-prompts.txt"
     prompts.write_text("".join(", ".join(rng.sample(popular, rng.randint(3, 8))) + "\n" for _ in range(args.records)), encoding="utf-8")
     out = workdir / "tipo-out.jsonl"
-    wall, rss, _, err = run_and_measure(
-        [*dtg, "batch", str(prompts), "-m", str(gguf), "-o", str(out), "--force", "--retries", "0",
-         "--max-new-tokens", str(args.new_tokens), *threads],
-        want_stderr=True,
-    )  # fmt: skip
-    summary = re.search(r"(\d+) records, .* in ([0-9.]+) s", err)
-    if not summary:
-        raise SystemExit(f"no summary line from dtg batch:\n{err}")
-    seconds = float(summary[2])
+
+    def batch(*extra: str) -> tuple[float, float, float]:
+        """(seconds of generation, whole-process wall seconds, peak RSS MB) of one `dtg batch` run."""
+        wall, rss, _, err = run_and_measure(
+            [*dtg, "batch", str(prompts), "-m", str(gguf), "-o", str(out), "--force", "--retries", "0",
+             "--max-new-tokens", str(args.new_tokens), *threads, *extra],
+            want_stderr=True,
+        )  # fmt: skip
+        summary = re.search(r"(\d+) records, .* in ([0-9.]+) s", err)
+        if not summary:
+            raise SystemExit(f"no summary line from dtg batch:\n{err}")
+        return float(summary[2]), wall, rss
+
+    seconds, wall, rss = batch()
     records = [json.loads(line) for line in out.read_text().splitlines()]
     tokens = sum(len(step["output_ids"]) for r in records for step in r["steps"])
     print(f"dtg batch, {len(records)} records, tag extension, up to {args.new_tokens} new tokens each:")
@@ -106,6 +114,9 @@ def main() -> None:
     print(f"  transformers fp32, batches of {args.hf_batch}, {new} new tokens each  {hf['records'] / hf['seconds']:8.2f} records/s "
           f"{hf['tokens'] / hf['seconds']:8.1f} tokens/s  ({hf['seconds']:.2f} s of generation, peak RSS {hf_rss:.0f} MB)")  # fmt: skip
     print(f"dtg batch makes {(tokens / seconds) / (hf['tokens'] / hf['seconds']):.1f}x the tokens per second of transformers")
+    for parallel in [int(p) for p in args.parallel.split(",") if p.strip()]:
+        p_seconds, _, p_rss = batch("--parallel", str(parallel))
+        print(f"  dtg batch --parallel {parallel:<4} {len(records) / p_seconds:8.2f} records/s  (peak RSS {p_rss:.0f} MB)")
 
 
 if __name__ == "__main__":
