@@ -2,24 +2,28 @@
 
 Typer 0.29 turns every option value into its Python type through a pydantic `TypeAdapter`; importing
 pydantic and building one adapter per option costs about 0.1 s of every `dtg` process, more than
-llama.cpp takes to load a model. Our options are plain `str`, `int`, `float` and `list[str]`, whose
-well-formed values need no such machinery. `install` gives each such option a converter that handles
+llama.cpp takes to load a model. Our options are plain `str`, `int`, `float`, `bool` and `list[str]`,
+whose well-formed values need no such machinery. `install` gives each such option a converter that handles
 those values itself and hands anything else (a malformed number, a value out of range, a type it does
 not know) to Typer's own converter, so values and error messages stay exactly Typer's
 (`tests/test_cli_coercion.py` checks both on a corpus of inputs).
 
 This leans on two internals of Typer (`typer._coercion.RuntimeParam` and a parameter's lazily built
-`_runtime_param`). Where they are missing, `install` does nothing and Typer converts every value itself.
+`_runtime_param`), so it is used only with the Typer releases it was tested with (`TESTED`); with any
+other, `install` does nothing and Typer converts every value itself.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-try:
+import typer
+
+TESTED = ("0.29.",)  # Typer releases whose internals this was checked against (tests/test_cli_coercion.py)
+
+RuntimeParam = None
+if typer.__version__.startswith(TESTED):
     from typer._coercion import RuntimeParam, build_runtime_param
-except ImportError:  # another Typer: it converts every value itself
-    RuntimeParam = None
 
 
 def _quick_int(value: Any) -> int | None:
