@@ -90,12 +90,17 @@ def serve(key: str | None) -> bool:
     """Print the stored page for `key`; False when there is none (render it then)."""
     if key is None:
         return False
+    path = _page_path(key)
     try:
-        stored_key, page = _page_path(key).read_text(encoding="utf-8", errors="surrogateescape").split("\n", 1)
+        stored_key, page = path.read_text(encoding="utf-8", errors="surrogateescape").split("\n", 1)
     except (OSError, ValueError):
         return False
     if stored_key != key:  # another key with the same file name
         return False
+    try:
+        os.utime(path)  # a page in use is among the newest, which `Recorder.keep` keeps
+    except OSError:
+        pass
     try:
         sys.stdout.write(page)
         sys.stdout.flush()
