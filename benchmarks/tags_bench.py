@@ -3,7 +3,7 @@
     python -m benchmarks.tags_bench [--runs 10]
 
 A `dtg generate` process reads its prompt once, before the model runs: the database is opened on the
-first lookup (one zlib decompression, no parsing), then every tag is looked up. This script starts
+first lookup (one read of the file, no parsing), then every tag is looked up. This script starts
 fresh Python processes that import what generate has already imported by then (the engine, numpy) and
 time, inside the process, the first `read` of a pasted web-UI prompt of 9 tags: that is the time the
 database adds. It also times a suggestion search for one unknown tag (paid only when a tag is unknown)
