@@ -118,13 +118,20 @@ def schedule(
     order: deque[list] = deque()  # [unit, outcome or None] in input order
     slots: list[Sequence | None] = []
     decoder = None
+    n_ctx_seq = 0  # KV cells per sequence, from the first task
+    cap = 0  # sequences the run may have: `parallel`, else the default for the first task, at most `most`
     window = 0
     index = 0
     ended = False
     while True:
         active = sum(s is not None for s in slots)
-        # Take input while there are free slots to fill and the reorder window has room.
-        while not ended and len(waiting) < max(len(slots) - active, 1) and (not window or len(order) < window):
+        # Take input while there are free slots to fill and the reorder window has room. Before the run is
+        # sized, that is up to `cap` variants: an input that ends first gets a context for what it holds.
+        while (
+            not ended
+            and len(waiting) < (max(cap, 1) if decoder is None else max(len(slots) - active, 1))
+            and (not window or len(order) < window)
+        ):
             item = source.get(block=not active and not waiting)
             if item is NOT_READY:
                 break
@@ -137,17 +144,13 @@ def schedule(
                 continue
             try:
                 prepared = generator.prepare(item, index)
-                if decoder is None:
+                if not n_ctx_seq:
                     n_ctx_seq = context_per_sequence(generator.model, len(prepared.input_ids), prepared.sampling.max_new_tokens)
-                    if parallel is None:
-                        parallel = min(default_parallel(generator.model, n_ctx_seq), most or generator.model.max_sequences())
-                    decoder = generator.decoder(parallel, n_ctx_seq)
-                    log.info(f"{parallel} sequences per decode, {n_ctx_seq} tokens of context each")
-                    slots = [None] * parallel
-                    window = max(4 * parallel, 64)
-                if len(prepared.input_ids) >= decoder.context.n_ctx:
+                    cap = parallel or min(default_parallel(generator.model, n_ctx_seq), most or generator.model.max_sequences())
+                room = decoder.context.n_ctx if decoder is not None else n_ctx_seq
+                if len(prepared.input_ids) >= room:
                     raise SettingError(
-                        f"the prompt is {len(prepared.input_ids)} tokens; each sequence has room for {decoder.context.n_ctx} "
+                        f"the prompt is {len(prepared.input_ids)} tokens; each sequence has room for {room} "
                         f"(a lower {setting('max_new_tokens')} leaves more)"
                     )
             except DtgError as e:
@@ -158,6 +161,16 @@ def schedule(
                 order.append([(index, variant), None])
                 waiting.append((prepared, variant))
             index += 1
+        if decoder is None and waiting:
+            # Sized once: `cap` sequences, or, for an input that ended with fewer variants than that, as many
+            # as it holds (at least two: a one-slot run follows another path, `decoding.py`). A KV cache
+            # for idle sequences costs memory and seconds to clear.
+            if parallel is None:
+                parallel = min(cap, max(2, len(waiting))) if ended else cap
+            decoder = generator.decoder(parallel, n_ctx_seq)
+            log.info(f"{parallel} sequences per decode, {n_ctx_seq} tokens of context each")
+            slots = [None] * parallel
+            window = max(4 * parallel, 64)
         for i in range(len(slots)):
             if slots[i] is None and waiting:
                 prepared, variant = waiting.popleft()

@@ -56,6 +56,19 @@ def test_results_do_not_depend_on_parallel(ggufs, kind, tmp_path):
     assert len({tuple(r["new_tags"]) for r in results[2].values()}) > 8
 
 
+def test_a_short_input_gets_a_context_for_what_it_holds(dart, tmp_path):
+    """Without --parallel, an input that ends before the default number of sequences is reached gets a
+    context for its results (at least two sequences), with the same results as a larger context."""
+    sized = {}
+    for records, num in ((["1girl", "cat ears", "long hair"], 1), (["1girl"], 1), (["1girl", "cat ears"], 3)):
+        src = write(tmp_path / "short.txt", "\n".join(records) + "\n")
+        result = ok(run("batch", src, "-m", dart, "--max-new-tokens", 8, "-n", num, "--seed", 3, "-v"))
+        wide = ok(run("batch", src, "-m", dart, "--max-new-tokens", 8, "-n", num, "--seed", 3, "--parallel", 16))
+        assert result.stdout == wide.stdout
+        sized[(len(records), num)] = next(line.split()[1] for line in result.stderr.splitlines() if "sequences per decode" in line)
+    assert sized == {(3, 1): "3", (1, 1): "2", (2, 3): "6"}
+
+
 @pytest.mark.parametrize("kind,prompt_format", [("dart-moe", "dart-v2-sft"), ("dantaggen", "dantaggen-delta")])
 def test_every_decode_has_a_shape_that_does_not_depend_on_the_neighbours(ggufs, kind, prompt_format, monkeypatch):
     """The rules that keep results independent of --parallel on full-size models (whose kernels the tiny

@@ -16,8 +16,8 @@ Parallel = Annotated[
         min=1,
         max=255,
         help="Sequences decoded together in one batch (default: 128 on a CPU, 255 with layers on a GPU, fewer "
-        "where their KV cache would pass an eighth of the machine's memory, 4 GiB at most; dtg generate: at most "
-        "the number of results). Any value of 2 or more gives the same results with Q8_0 and F16 models on a CPU.",
+        "where their KV cache would pass an eighth of the machine's memory, 4 GiB at most; with fewer results "
+        "to make, one per result, and in dtg batch at least 2). Any value of 2 or more gives the same results with Q8_0 and F16 models on a CPU.",
         rich_help_panel="Model",
     ),
 ]
