@@ -6,9 +6,13 @@ of a model already on disk never needs it."""
 from __future__ import annotations
 
 import contextlib
+import logging
+import os
 import re
+import socket
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from dtg_cli.errors import DtgError
 
@@ -33,20 +37,51 @@ def looks_like_repo_id(text: str) -> bool:
     return bool(_REPO_ID.match(text)) and not Path(text).exists()
 
 
+_PROXIES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
+
+
+def _cache_only() -> bool:
+    """Whether to ask huggingface_hub for what its cache holds and nothing more: without a proxy (which
+    resolves names itself), a hub whose host name does not resolve cannot be reached, and huggingface_hub
+    would retry for half a minute before saying so. With the network down, a cached file is still found."""
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE or any(os.environ.get(name) for name in _PROXIES):
+        return False  # offline: huggingface_hub answers at once; a proxy: it resolves the name
+    host = urlsplit(constants.ENDPOINT).hostname
+    try:
+        socket.getaddrinfo(host, 443)
+    except socket.gaierror:
+        return True
+    except (OSError, UnicodeError):
+        return False
+    return False
+
+
+def _quiet_hub() -> None:
+    """huggingface_hub's warnings (a line per retry) only with -v: dtg says in one line what failed."""
+    from huggingface_hub.utils import logging as hub_logging
+
+    if not logging.getLogger("dtg").isEnabledFor(logging.INFO):
+        hub_logging.set_verbosity_error()
+
+
 def download_checkpoint(repo_id: str, revision: str | None = None) -> Path:
     """Fetch the files a conversion needs into the hub cache and return the snapshot directory."""
     from huggingface_hub import snapshot_download
 
+    _quiet_hub()
     with _hub_errors(repo_id, revision, what=repo_id):
-        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=CHECKPOINT_FILES))
+        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=CHECKPOINT_FILES, local_files_only=_cache_only()))
 
 
 def download_file(repo_id: str, filename: str, revision: str | None = None) -> Path:
     """Fetch one file of a repo into the hub cache (or find it there) and return its path."""
     from huggingface_hub import hf_hub_download
 
+    _quiet_hub()
     with _hub_errors(repo_id, revision, what=f"{filename} of {repo_id}", filename=filename):
-        return Path(hf_hub_download(repo_id, filename, revision=revision))
+        return Path(hf_hub_download(repo_id, filename, revision=revision, local_files_only=_cache_only()))
 
 
 def cached_file(repo_id: str, filename: str, revision: str | None = None) -> Path | None:

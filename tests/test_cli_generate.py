@@ -192,6 +192,40 @@ def test_nothing_cached_offline_says_what_to_download():
     assert_one_line_error(result, "p1atdev/dart-v2-moe-sft is not in the Hugging Face cache", f"--revision {DART_SFT_REVISION}")
 
 
+@pytest.fixture
+def network_down(monkeypatch):
+    """Not offline, but the hub's host name does not resolve and no proxy is set. Returns the host names
+    looked up: a request huggingface_hub makes (and retries) looks its host up too."""
+    import socket
+
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", "https://hub.invalid")
+    for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    looked_up = []
+
+    def getaddrinfo(host, *args, **kwargs):
+        looked_up.append(host)
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    return looked_up
+
+
+def test_network_down_is_one_line_at_once_and_the_cache_still_serves(network_down, checkpoints, dtg_home):
+    """With the network down, huggingface_hub would retry each request for half a minute, a warning line a
+    retry; dtg asks it for cached files only, so a missing model is one line and a cached one still works."""
+    missing = run("generate", "1girl", "-m", "dantaggen-gamma")
+    assert_one_line_error(missing, "ggml-model-Q8_0.gguf of KBlueLeaf/DanTagGen-gamma is not in the Hugging Face cache")
+    assert network_down == ["hub.invalid"]  # dtg's own look-up; no request followed
+    fill_hub_cache("p1atdev/dart-v2-moe-sft", checkpoints["dart-moe"], commit=DART_SFT_REVISION)
+    cached = run("generate", "1girl", "--seed", 1, "--max-new-tokens", 5)
+    assert cached.exit_code == 0, cached.stderr
+    assert (dtg_home / "models" / "dart-v2-moe-sft-Q8_0.gguf").is_file() and network_down == ["hub.invalid"] * 2
+
+
 def test_models_pull_list_info_rm(checkpoints, ggufs, dtg_home):
     fill_hub_cache("p1atdev/dart-v2-sft", checkpoints["dart-dense"], commit="df62d486a9308fde0b4ddbf23742a18f7bc0b8e6")
     pulled = run("models", "pull", "dart-v2-sft", "--quant", "q6_k,f16")
