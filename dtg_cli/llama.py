@@ -196,7 +196,7 @@ class Context:
 
     Each sequence has its own KV stream of n_ctx / n_seq_max cells (llama.cpp's non-unified cache), so a
     sequence attends only to its own cells. Its logits can still depend on the shape of the decode it is
-    in (see `dtg_cli.engine.Generator._step` for how the engine keeps that shape fixed).
+    in (`dtg_cli.decoding` keeps that shape fixed).
     """
 
     def __init__(self, model: Model, n_ctx: int = 1024, n_batch: int = 512, n_seq_max: int = 1, n_threads: int | None = None):
