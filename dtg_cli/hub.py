@@ -58,20 +58,28 @@ def _cache_only() -> bool:
     return False
 
 
-def _quiet_hub() -> None:
-    """huggingface_hub's warnings (a line per retry) only with -v: dtg says in one line what failed."""
+@contextlib.contextmanager
+def _quiet_hub() -> Iterator[None]:
+    """huggingface_hub's warnings (a line per retry) only with -v, for the length of one call: dtg says in
+    one line what failed, and a Python caller's own logging set-up is left as it was."""
     from huggingface_hub.utils import logging as hub_logging
 
-    if not logging.getLogger("dtg").isEnabledFor(logging.INFO):
-        hub_logging.set_verbosity_error()
+    if logging.getLogger("dtg").isEnabledFor(logging.INFO):
+        yield
+        return
+    level = hub_logging.get_verbosity()
+    hub_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hub_logging.set_verbosity(level)
 
 
 def download_checkpoint(repo_id: str, revision: str | None = None) -> Path:
     """Fetch the files a conversion needs into the hub cache and return the snapshot directory."""
     from huggingface_hub import snapshot_download
 
-    _quiet_hub()
-    with _hub_errors(repo_id, revision, what=repo_id):
+    with _quiet_hub(), _hub_errors(repo_id, revision, what=repo_id):
         return Path(snapshot_download(repo_id, revision=revision, allow_patterns=CHECKPOINT_FILES, local_files_only=_cache_only()))
 
 
@@ -79,8 +87,7 @@ def download_file(repo_id: str, filename: str, revision: str | None = None) -> P
     """Fetch one file of a repo into the hub cache (or find it there) and return its path."""
     from huggingface_hub import hf_hub_download
 
-    _quiet_hub()
-    with _hub_errors(repo_id, revision, what=f"{filename} of {repo_id}", filename=filename):
+    with _quiet_hub(), _hub_errors(repo_id, revision, what=f"{filename} of {repo_id}", filename=filename):
         return Path(hf_hub_download(repo_id, filename, revision=revision, local_files_only=_cache_only()))
 
 
