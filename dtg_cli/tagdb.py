@@ -112,39 +112,36 @@ class TagDatabase:
             start = len(MAGIC) + 4
             header = json.loads(data[start : start + header_len])
             offset = start + header_len
-            self._raw = {}
+            self._sections: dict[str, bytes] = {}
             for name, size in header["sections"]:
-                self._raw[name] = data[offset : offset + size]
+                self._sections[name] = data[offset : offset + size]
                 offset += size
         except (OSError, ValueError, KeyError, struct.error) as e:
             raise DtgError(f"{path}: the tag database cannot be read ({e}); reinstall dtg") from None
 
-    def _section(self, name: str) -> bytes:
-        return self._raw[name]
-
     @cached_property
     def keys(self) -> _Lines:
-        return _Lines(self._section("keys"), self._section("keys_bounds"))
+        return _Lines(self._sections["keys"], self._sections["keys_bounds"])
 
     @cached_property
     def categories(self) -> np.ndarray:
-        return np.frombuffer(self._section("category"), dtype=np.uint8)
+        return np.frombuffer(self._sections["category"], dtype=np.uint8)
 
     @cached_property
     def counts(self) -> np.ndarray:
-        return np.frombuffer(self._section("count"), dtype="<u4")
+        return np.frombuffer(self._sections["count"], dtype="<u4")
 
     @cached_property
     def names(self) -> dict[int, str]:
-        return {int(i): n for i, n in json.loads(self._section("names")).items()}
+        return {int(i): n for i, n in json.loads(self._sections["names"]).items()}
 
     @cached_property
     def alias_keys(self) -> _Lines:
-        return _Lines(self._section("alias_keys"), self._section("alias_keys_bounds"))
+        return _Lines(self._sections["alias_keys"], self._sections["alias_keys_bounds"])
 
     @cached_property
     def alias_targets(self) -> np.ndarray:
-        return np.frombuffer(self._section("alias_target"), dtype="<u4")
+        return np.frombuffer(self._sections["alias_target"], dtype="<u4")
 
     def __len__(self) -> int:
         return len(self.keys)
