@@ -26,7 +26,7 @@ from dtg_cli.cli.options import (
     _style,
     with_settings,
 )
-from dtg_cli.cli.ui import BatchProgress, StderrProgress, err, escape, may_be_terminal, setup_logging
+from dtg_cli.cli.ui import BatchProgress, StderrProgress, err, escape, setup_logging, stderr_is_terminal
 from dtg_cli.errors import DtgError
 
 
@@ -111,7 +111,7 @@ def batch(
         )
     generator.unknown.warn = verbose  # a batch lists them once at the end instead
     summary = batching.Summary()
-    bar = BatchProgress(input_path, input_format, shard_of) if may_be_terminal(sys.stderr) and err.is_terminal else None
+    bar = BatchProgress(input_path, input_format, shard_of) if stderr_is_terminal() else None
     try:
         with generator, bar or contextlib.nullcontext():
             batching.expand(

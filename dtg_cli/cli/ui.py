@@ -41,6 +41,11 @@ def may_be_terminal(stream) -> bool:
         return False
 
 
+def stderr_is_terminal() -> bool:
+    """Whether rich treats stderr as a terminal (live bars), asking rich only where it may say yes."""
+    return may_be_terminal(sys.stderr) and err.is_terminal
+
+
 def stdout_console():
     from rich.console import Console  # start-up: see _LazyConsole
 
@@ -77,7 +82,7 @@ class StderrProgress:
     converts nothing never loads it."""
 
     def __init__(self):
-        self.live = may_be_terminal(sys.stderr) and err.is_terminal
+        self.live = stderr_is_terminal()
         self.bar = None
         self.task = None
 
