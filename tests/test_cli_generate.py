@@ -200,9 +200,11 @@ def network_down(monkeypatch):
 
     from huggingface_hub import constants
 
+    from dtg_cli import hub
+
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(constants, "ENDPOINT", "https://hub.invalid")
-    for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+    for name in hub._PROXIES:
         monkeypatch.delenv(name, raising=False)
     looked_up = []
 
