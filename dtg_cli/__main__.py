@@ -12,11 +12,13 @@ def main() -> None:
 
         print(f"dtg {__version__}")
         return
-    from dtg_cli import helpcache
+    page = None
+    if args[-1:] == ["--help"]:  # any other command never reads or keeps a page
+        from dtg_cli import helpcache
 
-    page = helpcache.page_key(args)
-    if helpcache.serve(page):
-        return
+        page = helpcache.page_key(args)
+        if helpcache.serve(page):
+            return
     from dtg_cli.cli import main as cli_main
 
     cli_main(help_page=page)

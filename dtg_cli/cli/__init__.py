@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import sys
 
-from dtg_cli import helpcache
 from dtg_cli.cli import batch, convert, generate, models, tags  # noqa: F401 - each registers its commands
 from dtg_cli.cli.app import app, keep_stdout_for_results
 
@@ -22,7 +21,9 @@ def main(help_page: str | None = None) -> None:
     keep_stdout_for_results()
     recorder = None
     if help_page is not None:
-        sys.stdout = recorder = helpcache.Recorder(sys.stdout)
+        from dtg_cli.helpcache import Recorder  # only for a page to keep
+
+        sys.stdout = recorder = Recorder(sys.stdout)
     try:
         app()
     except KeyboardInterrupt:  # raised outside a command, e.g. while importing
