@@ -50,11 +50,11 @@ print(json.dumps({"new_tokens": n, "tokens_per_s": n / elapsed}))
 """
 
 
-def run_and_measure(command: list[str], want_stderr: bool = False, env: dict[str, str] | None = None) -> tuple:
+def run_and_measure(command: list[str], want_stderr: bool = False, env: dict[str, str] | None = None, cwd: Path | None = None) -> tuple:
     """(wall seconds, peak RSS in MB, stdout[, stderr]) of one process from its start to its exit; the child
-    is reaped with wait4 to read its own maxrss. `env`: variables set for the child."""
+    is reaped with wait4 to read its own maxrss. `env`: variables set for the child; `cwd`: where it runs."""
     start = time.perf_counter()
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, **(env or {})})
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, **(env or {})}, cwd=cwd)
     chunks_out, chunks_err = [], []
     # Read both pipes to the end, then reap the child ourselves to get its resource usage.
     selector = selectors.DefaultSelector()

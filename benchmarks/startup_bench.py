@@ -18,11 +18,11 @@ import compileall
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+from benchmarks.generate_bench import run_and_measure
 
 TAGS = "1girl, cat ears, solo, looking at viewer"
 
@@ -51,9 +51,9 @@ def main() -> None:
         "dtg generate, 40 tags": ([*generate, "--max-new-tokens", "40"], False),
     }
     scratch = Path(tempfile.mkdtemp(prefix="dtg-startup-"))
-    env = {tree: dict(os.environ, PYTHONPATH=str(tree), DTG_HOME=str(scratch / f"home-{i}")) for i, tree in enumerate(trees)}
+    env = {tree: {"PYTHONPATH": str(tree), "DTG_HOME": str(scratch / f"home-{i}")} for i, tree in enumerate(trees)}
     for tree in trees:  # the page a later --help prints
-        subprocess.run([sys.executable, "-m", "dtg_cli", "--help"], env=env[tree], cwd=scratch, stdout=subprocess.DEVNULL, check=True)
+        run_and_measure([sys.executable, "-m", "dtg_cli", "--help"], env=env[tree], cwd=scratch)
     walls: dict[tuple[str, Path], list[float]] = {}
     fresh = 0
     for _ in range(args.runs):
@@ -63,16 +63,8 @@ def main() -> None:
                 if renders:  # a DTG_HOME with no page in it
                     fresh += 1
                     run_env = {**run_env, "DTG_HOME": str(scratch / f"fresh-{fresh}")}
-                start = time.perf_counter()
-                subprocess.run(
-                    [sys.executable, "-m", "dtg_cli", *command],
-                    env=run_env,
-                    cwd=scratch,
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                    check=True,
-                )
-                walls.setdefault((label, tree), []).append(time.perf_counter() - start)
+                wall = run_and_measure([sys.executable, "-m", "dtg_cli", *command], env=run_env, cwd=scratch)[0]
+                walls.setdefault((label, tree), []).append(wall)
     shutil.rmtree(scratch)
 
     names = [tree.name for tree in trees]
