@@ -11,6 +11,7 @@ import sys
 
 from dtg_cli.cli import batch, convert, generate, models, tags  # noqa: F401 - each registers its commands
 from dtg_cli.cli.app import app, keep_stdout_for_results
+from dtg_cli.cli.lean_help import import_renderer
 
 __all__ = ["app", "main", "keep_stdout_for_results"]
 
@@ -24,6 +25,7 @@ def main(help_page: str | None = None) -> None:
         from dtg_cli.helpcache import Recorder  # only for a page to keep
 
         sys.stdout = recorder = Recorder(sys.stdout)
+        import_renderer()  # Typer's page renderer without the rich modules a page does not use
     try:
         app()
     except KeyboardInterrupt:  # raised outside a command, e.g. while importing
