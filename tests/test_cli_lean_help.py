@@ -30,17 +30,19 @@ PAGES = [
 ]
 
 
-def render(mode: str, args: list[str], home) -> subprocess.CompletedProcess:
-    env = {**os.environ, "DTG_HOME": str(home), "COLUMNS": "100"}
+def render(mode: str, args: list[str], home, color: bool) -> subprocess.CompletedProcess:
+    env = {**os.environ, "DTG_HOME": str(home), "COLUMNS": "100", **({"FORCE_COLOR": "1", "TERM": "xterm-256color"} if color else {})}
     return subprocess.run([sys.executable, "-c", RENDER, mode, *args], capture_output=True, text=True, env=env)
 
 
+@pytest.mark.parametrize("color", [False, True], ids=["plain", "color"])
 @pytest.mark.parametrize("args", PAGES, ids=lambda args: " ".join(args))
-def test_a_page_renders_as_with_the_modules_it_does_not_use(args, tmp_path):
-    lean = render("lean", args, tmp_path / "lean")
-    full = render("full", args, tmp_path / "full")
+def test_a_page_renders_as_with_the_modules_it_does_not_use(args, color, tmp_path):
+    lean = render("lean", args, tmp_path / "lean", color)
+    full = render("full", args, tmp_path / "full", color)
     assert lean.returncode == full.returncode == 0, lean.stderr + full.stderr
-    assert "Usage: dtg" in lean.stdout and lean.stdout == full.stdout
+    assert "Usage" in lean.stdout and lean.stdout == full.stdout
+    assert ("\x1b[" in lean.stdout) == color
     assert lean.stderr.strip() == "[]"
     assert full.stderr.strip() == "['rich.markdown', 'rich.traceback']"
 
