@@ -1,11 +1,12 @@
 """Typer's help renderer without the two rich modules a `dtg` page never uses.
 
 `typer.rich_utils`, which renders every `--help` page, imports `rich.markdown` (with markdown-it and
-pygments) and `rich.traceback` at its top, about 45 ms together, a third of a first `dtg --help`. It
-uses them only for Markdown help text (dtg's is rich markup) and for pretty tracebacks (dtg's error
-boundary prints its own one-line errors). `import_renderer` imports `typer.rich_utils` with two stand-in
-classes in their place, each of which imports the real class the first time it is used, so a page that
-did need one still renders exactly as before (`tests/test_cli_lean_help.py`).
+pygments) and `rich.traceback` at its top: a first `dtg --help` took 0.17 s with them and 0.12 s without
+(on a 2-core AMD EPYC, `benchmarks/startup_bench.py`). It uses them only for Markdown help text (dtg's
+is rich markup) and for pretty tracebacks (dtg's error boundary prints its own one-line errors).
+`import_renderer` imports `typer.rich_utils` with two stand-in classes in their place, each of which
+imports the real class the first time it is used, so a page that did need one still renders exactly as
+before (`tests/test_cli_lean_help.py`).
 
 Used only with the Typer releases it was checked against (`coercion.TESTED`).
 """
