@@ -5,7 +5,9 @@
 
 Each tree runs as `python -m dtg_cli` with that tree first on PYTHONPATH, from an empty folder (so that
 neither the current directory nor an editable install stands in for it); its `.py` files are compiled
-first, as pip does when it installs. For each command, one process of each tree in turn, `--runs`
+first, as pip does when it installs. A virtual environment given in place of a tree (a folder with
+`pyvenv.cfg`) runs its installed `bin/dtg`, as a user who ran `pip install .` in it does: that leaves out
+whatever the benchmark's own Python loads at start-up (`.pth` files of an editable install, say). For each command, one process of each tree in turn, `--runs`
 times; the median wall time of each. Interleaving matters on a shared machine whose speed drifts between
 runs. `--gguf`: a Dart v2 GGUF for the `dtg generate` rows (`benchmarks.generate_bench --workdir DIR`
 writes one, `DIR/dart-moe-Q8_0.gguf`).
@@ -29,15 +31,27 @@ TAGS = "1girl, cat ears, solo, looking at viewer"
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("trees", nargs="+", type=Path, help="source checkouts of dtg (a folder holding dtg_cli/)")
+    parser.add_argument(
+        "trees",
+        nargs="+",
+        type=Path,
+        help="source checkouts of dtg (a folder holding dtg_cli/) or virtual environments dtg is installed in",
+    )
     parser.add_argument("--gguf", type=Path, required=True, help="a Dart v2 GGUF for the generate rows")
     parser.add_argument("--runs", type=int, default=15)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     args = parser.parse_args()
     trees = [tree.resolve() for tree in args.trees]
+    program = {}
     for tree in trees:
+        if (tree / "pyvenv.cfg").is_file():
+            program[tree] = [str(tree / "bin" / "dtg")]
+            if not Path(program[tree][0]).is_file():
+                raise SystemExit(f"{tree}: a virtual environment without dtg installed")
+            continue
         if not (tree / "dtg_cli" / "__init__.py").is_file():
-            raise SystemExit(f"{tree}: not a dtg source tree")
+            raise SystemExit(f"{tree}: not a dtg source tree nor a virtual environment")
+        program[tree] = [sys.executable, "-m", "dtg_cli"]
         for package in ("dtg_cli", "convert"):
             if (tree / package).is_dir():
                 compileall.compile_dir(tree / package, quiet=1)
@@ -51,9 +65,12 @@ def main() -> None:
         "dtg generate, 40 tags": ([*generate, "--max-new-tokens", "40"], False),
     }
     scratch = Path(tempfile.mkdtemp(prefix="dtg-startup-"))
-    env = {tree: {"PYTHONPATH": str(tree), "DTG_HOME": str(scratch / f"home-{i}")} for i, tree in enumerate(trees)}
+    env = {
+        tree: {"DTG_HOME": str(scratch / f"home-{i}"), **({} if (tree / "pyvenv.cfg").is_file() else {"PYTHONPATH": str(tree)})}
+        for i, tree in enumerate(trees)
+    }
     for tree in trees:  # the page a later --help prints
-        run_and_measure([sys.executable, "-m", "dtg_cli", "--help"], env=env[tree], cwd=scratch)
+        run_and_measure([*program[tree], "--help"], env=env[tree], cwd=scratch)
     walls: dict[tuple[str, Path], list[float]] = {}
     fresh = 0
     for _ in range(args.runs):
@@ -63,7 +80,7 @@ def main() -> None:
                 if renders:  # a DTG_HOME with no page in it
                     fresh += 1
                     run_env = {**run_env, "DTG_HOME": str(scratch / f"fresh-{fresh}")}
-                wall = run_and_measure([sys.executable, "-m", "dtg_cli", *command], env=run_env, cwd=scratch)[0]
+                wall = run_and_measure([*program[tree], *command], env=run_env, cwd=scratch)[0]
                 walls.setdefault((label, tree), []).append(wall)
     shutil.rmtree(scratch)
 
