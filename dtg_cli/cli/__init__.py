@@ -3,7 +3,8 @@ function and prints; `app.py` holds the Typer app and the one error boundary, `o
 several commands share, `ui.py` what is shown on a terminal, and one module per command group.
 
 A command imports the library inside its body: `dtg --help` and `dtg --version` then load neither numpy,
-llama.cpp nor the tag database."""
+llama.cpp nor the tag database. Command modules do without `from __future__ import annotations`: Typer
+reads every command's signature on every run, and would compile annotations kept as strings each time."""
 
 from __future__ import annotations
 

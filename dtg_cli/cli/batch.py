@@ -1,7 +1,5 @@
 """`dtg batch` and `dtg merge`."""
 
-from __future__ import annotations
-
 import logging
 import sys
 from pathlib import Path

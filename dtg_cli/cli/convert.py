@@ -1,7 +1,5 @@
 """`dtg convert`."""
 
-from __future__ import annotations
-
 from pathlib import Path
 from typing import Annotated
 

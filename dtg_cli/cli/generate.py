@@ -1,7 +1,5 @@
 """`dtg generate`."""
 
-from __future__ import annotations
-
 import logging
 import sys
 from typing import Annotated

@@ -1,7 +1,5 @@
 """`dtg models list`, `pull`, `info` and `rm`."""
 
-from __future__ import annotations
-
 from pathlib import Path
 from typing import Annotated
 

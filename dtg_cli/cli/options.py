@@ -1,7 +1,5 @@
 """Options shared by several commands, declared once as Annotated aliases."""
 
-from __future__ import annotations
-
 from typing import Annotated
 
 import typer

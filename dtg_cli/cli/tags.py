@@ -1,7 +1,5 @@
 """`dtg tags check` and `dtg tags search`."""
 
-from __future__ import annotations
-
 import sys
 from typing import Annotated
 
