@@ -2,8 +2,9 @@
 
 `Generator` loads a model and asks the `Family` that reads it for its tokenizer, prompt formats, sampling
 defaults and continuation rule (the engine knows no family by name), prepares each task (its prompt and
-token ids), samples each sequence's next token, and assembles `Result`s. How sequences share a decode is
-`dtg_cli.decoding`; which ones run when is `dtg_cli.scheduler`; drawing a token is `dtg_cli.sampler`.
+token ids), and assembles `Result`s. How sequences share a decode is `dtg_cli.decoding`; which ones run
+when is `dtg_cli.scheduler`; drawing a token is `dtg_cli.sampler`; what follows each token (stop rules,
+continuations, a task chain's next call) is `dtg_cli.stepping`.
 """
 
 from __future__ import annotations
@@ -21,12 +22,13 @@ from dtg_cli import llama
 from dtg_cli.decoding import MIN_HEAD, Decoder, Sequence
 from dtg_cli.errors import SettingError, UsageError, setting
 from dtg_cli.families import detect, formats
-from dtg_cli.family import Step, sentences
+from dtg_cli.family import Step
 from dtg_cli.outcomes import Outcome, Result, Stream, Task
 from dtg_cli.registry import accepting, registry
 from dtg_cli.sampler import BanMask
 from dtg_cli.scheduler import Source, schedule
 from dtg_cli.settings import Request, Sampling
+from dtg_cli.stepping import Stepper
 from dtg_cli.tags import Layout, UnknownTags, compile_bans, read, render
 
 log = logging.getLogger("dtg")
@@ -88,6 +90,7 @@ class Generator:
         self._heads: dict[tuple[Request, Step], list[int]] = {}  # `_head_of`, by conditions and first step
         self.unknown = UnknownTags(self.name, self.tokenizer.vocabulary)
         self._bans = BanMask(self.tokenizer.tag_of, self.model.n_vocab)
+        self._stepper = Stepper(self.tokenizer, self.format, self.family, self.stop_ids)
         self.load_s = time.perf_counter() - started
 
     def close(self) -> None:
@@ -206,99 +209,8 @@ class Generator:
         return s
 
     def advance(self, s: Sequence, logits: np.ndarray, stream: Stream | None) -> bool:
-        """Sample the next token of a sequence; True when the sequence is finished."""
-        p = s.p
-        step = s.call  # this model call's step: one of `p.steps`, or a retry of it that continues its field
-        writes_tags = step.writes == "tag"
-        token = s.sampler(logits)
-        s.pass_ids.append(token)
-        s.n_new += 1
-        stop = None
-        if token in self.stop_ids:
-            stop = "eos"
-        else:
-            for tag in s.feed(token):
-                if writes_tags:
-                    self._keep(s, tag, stream)
-            if stream and not writes_tags:
-                s.show_nl(step, stream)
-            if s.feed.done:
-                stop = "eos"  # the model has written the field the step asked for
-            elif writes_tags and p.maximum is not None and len(p.general) + len(s.new_tags) >= p.maximum:
-                stop = "length"
-            elif not writes_tags and p.sentences[1] is not None and self._caption_full(s, step, p.sentences[1]):
-                stop = "length"
-            elif s.n_past + 1 >= self.context.n_ctx:
-                stop = "context"
-            elif len(s.pass_ids) >= p.sampling.max_new_tokens:
-                stop = "max_new_tokens"
-        if stop is None:
-            return False
-        for tag in s.feed(None):
-            if writes_tags and (p.maximum is None or len(p.general) + len(s.new_tags) < p.maximum):
-                self._keep(s, tag, stream)
-        s.stop = stop
-        s.calls[-1]["text"] = self.tokenizer.text([t for t in s.pass_ids if t not in self.stop_ids])
-        written = s.feed.nl.strip()
-        if not writes_tags:
-            s.nl = f"{s.nl} {written}".strip() if step.expand and s.nl else written
-        elif s.step + 1 < len(p.steps) and written:
-            s.nl = f"{s.nl or ''} {written}".strip()  # a caption the model extended before its tags, for the next step
-        if writes_tags:
-            short = len(p.general) + len(s.new_tags) < p.minimum
-        else:
-            short = len(sentences(s.nl or "")) < p.sentences[0]
-        if stop == "eos" and short and len(s.continuations) < p.retries:
-            # Stopped short of its length's minimum: continue this step from everything so far.
-            again = Step(p.steps[s.step].task, step.writes, expand=True)
-            if self._restart(s, again, s.continuations):
-                return False
-        if s.step + 1 < len(p.steps):
-            s.step += 1
-            if self._restart(s, p.steps[s.step], None):
-                return False
-            s.stop = "context"
-        if s.nl is not None and p.sentences[1] is not None and not writes_tags:
-            s.nl = " ".join(sentences(s.nl)[: p.sentences[1]])
-        return True
-
-    @staticmethod
-    def _caption_full(s: Sequence, step: Step, most: int) -> bool:
-        """Whether the caption has just ended its `most`-th sentence (the step stops there)."""
-        text = f"{s.nl} {s.feed.nl}" if step.expand and s.nl else s.feed.nl
-        text = text.rstrip()
-        return text.endswith((".", "!", "?")) and len(sentences(text)) >= most
-
-    def _restart(self, s: Sequence, step: Step, continuations: list | None) -> bool:
-        """Start another model call of a sequence (a retry of its step, given `continuations`, or its next
-        step); False when it cannot fit. A caption step's retry reads the caption it was given and continues
-        the one it is writing."""
-        retry = continuations is not None
-        if not retry:
-            s.nl_given = s.nl
-        written = s.nl if retry and step.writes != "tag" else None
-        prompt = self.format.build(s.p.request, s.p.general + s.new_tags, step, s.nl_given if written is not None else s.nl, written)
-        ids = self.tokenizer.encode(prompt)
-        if len(ids) + 1 >= self.context.n_ctx:
-            return False
-        s.pass_ids = []
-        call = {"prompt": prompt, "input_ids": ids, "output_ids": s.pass_ids}
-        if continuations is not None:
-            continuations.append(call)
-        s.calls.append({"task": step.task or "tags", **call, "text": ""})
-        s.feed = self.family.decoder(self.tokenizer, step, prompt)
-        s.call = step
-        s.nl_hold = None if s.nl_shown else ""
-        s.restart(ids)
-        return True
-
-    def _keep(self, s: Sequence, tag: str, stream: Stream | None) -> None:
-        if tag.lower() in s.seen or s.p.banned(tag):
-            return
-        s.seen.add(tag.lower())
-        s.new_tags.append(tag)
-        if stream:
-            stream.tag(s.unit, tag)
+        """Sample the next token of a sequence; True when the sequence is finished (`dtg_cli.stepping`)."""
+        return self._stepper.advance(s, logits, stream, self.context.n_ctx)
 
     def result(self, s: Sequence) -> Result:
         p = s.p

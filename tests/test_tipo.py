@@ -16,6 +16,7 @@ from dtg_cli.family import Step
 from dtg_cli.gguf_header import read_metadata
 from dtg_cli.sampler import Sampler
 from dtg_cli.settings import Request, Sampling
+from dtg_cli.stepping import Stepper
 from tests.test_cli import run
 
 TIPO = formats()["tipo"]
@@ -368,7 +369,7 @@ def test_a_caption_stops_at_the_end_of_its_last_allowed_sentence():
 
     def full(written: str, before: str | None = None, expand: bool = False) -> bool:
         s = SimpleNamespace(nl=before, feed=SimpleNamespace(nl=written))
-        return Generator._caption_full(s, Step("tag_to_long", "long", expand), 2)
+        return Stepper.caption_full(s, Step("tag_to_long", "long", expand), 2)
 
     assert not full(" One. Two")
     assert full(" One. Two. ")
