@@ -25,9 +25,23 @@ from dtg_cli.home import dtg_home
 
 KEEP = 32
 _COMMAND_WORD = re.compile(r"[a-z][a-z0-9-]*")
-# Every variable rich, Typer or Python's stream set-up reads that can change a rendered page; a variable
-# too many costs a render, one too few would show a page rendered for another terminal.
-_ENVIRONMENT = re.compile(r"TERM|COLOR|COLUMNS|LINES|TTY|TYPER|RICH|JUPYTER|WIDTH|GITHUB_ACTIONS|^LANG|^LC_|^PYTHON|^DTG_")
+# The environment variables rich, Typer (with its click) and Python's stream set-up read, from their sources;
+# `tests/test_helpcache.py` reads the installed rich and Typer again and fails on a variable missing here.
+# One too few would show a page rendered for another terminal; one too many costs a render: a terminal's
+# session id (TERM_SESSION_ID, ITERM_SESSION_ID), new in every window, would cost one in each.
+_VARIABLES = frozenset(
+    {
+        "TERM", "COLORTERM", "NO_COLOR", "FORCE_COLOR", "PY_COLORS", "TTY_COMPATIBLE", "TTY_INTERACTIVE", "COLUMNS", "LINES",
+        "JUPYTER_COLUMNS", "JUPYTER_LINES", "DATABRICKS_RUNTIME_VERSION", "UNICODE_VERSION", "TERMINAL_WIDTH", "GITHUB_ACTIONS",
+        "LANG",
+    }
+)  # fmt: skip
+_PREFIXES = ("TYPER_", "_TYPER_", "PYTHON", "LC_", "DTG_")
+
+
+def in_key(name: str) -> bool:
+    """Whether an environment variable is part of a page's key."""
+    return name in _VARIABLES or name.startswith(_PREFIXES)
 
 
 def _code_files() -> list[tuple[str, int, int]]:
@@ -62,7 +76,7 @@ def _terminal() -> list[object]:
             streams.append((os.isatty(fd), tuple(os.get_terminal_size(fd))))
         except OSError:
             streams.append((False, None))
-    environment = sorted((name, value) for name, value in os.environ.items() if _ENVIRONMENT.search(name))
+    environment = sorted((name, value) for name, value in os.environ.items() if in_key(name))
     return [streams, sys.stdout.encoding, sys.stdout.errors, environment, sys.platform]
 
 

@@ -1,6 +1,8 @@
 """`dtg_cli.helpcache`: a `--help` page rendered once is printed again, byte for byte, without Typer."""
 
+import importlib.util
 import os
+import re
 import subprocess
 import sys
 
@@ -81,3 +83,38 @@ def test_no_more_than_keep_pages(dtg_home, monkeypatch):
         recorder.write(f"page {key}")
         recorder.keep(key)
     assert len(list((dtg_home / "help").iterdir())) == 2
+
+
+# Variables the installed rich and Typer read that cannot change a page, and why.
+NOT_FOR_PAGES = {
+    "PYDANTIC_DISABLE_PLUGINS": "set and restored by Typer around pydantic, which renders nothing",
+    "XDG_CONFIG_HOME": "click's application folder",
+    "COMP_WORDS": "shell completion (dtg installs none)",
+    "COMP_CWORD": "shell completion",
+}
+_READS = re.compile(
+    r"""(?:environ\.get|getenv|environ\[|environ\.pop)\(?\s*["']([A-Z_][A-Z0-9_]*)["']|["']([A-Z_][A-Z0-9_]*)["']\s+in\s+(?:os\.)?environ"""
+)
+
+
+def test_the_key_holds_every_variable_rich_and_typer_read():
+    found = set()
+    for package in ("rich", "typer"):
+        folder = os.path.dirname(importlib.util.find_spec(package).origin)
+        for root, _, files in os.walk(folder):
+            for name in files:
+                if name.endswith(".py") and name != "diagnose.py":  # rich.diagnose prints a report, not a page
+                    text = open(os.path.join(root, name), encoding="utf-8").read()
+                    found |= {a or b for a, b in _READS.findall(text)}
+    assert {"TERM", "COLUMNS", "NO_COLOR", "TERMINAL_WIDTH"} <= found  # the scan sees what it looks for
+    missing = sorted(name for name in found if not helpcache.in_key(name) and name not in NOT_FOR_PAGES)
+    assert not missing
+
+
+def test_a_new_terminal_session_keeps_its_pages(dtg_home):
+    first = dtg("--help", env={"TERM_SESSION_ID": "w0t0p0:1", "ITERM_SESSION_ID": "a"})
+    again = dtg("--help", env={"TERM_SESSION_ID": "w0t1p0:2", "ITERM_SESSION_ID": "b"}, importtime=True)
+    assert first.returncode == again.returncode == 0 and again.stdout == first.stdout
+    assert "typer" not in imported(again)
+    other = dtg("--help", env={"UNICODE_VERSION": "9.0.0"}, importtime=True)  # rich's cell widths
+    assert "typer" in imported(other)
