@@ -33,7 +33,7 @@ _VARIABLES = frozenset(
     {
         "TERM", "COLORTERM", "NO_COLOR", "FORCE_COLOR", "PY_COLORS", "TTY_COMPATIBLE", "TTY_INTERACTIVE", "COLUMNS", "LINES",
         "JUPYTER_COLUMNS", "JUPYTER_LINES", "DATABRICKS_RUNTIME_VERSION", "UNICODE_VERSION", "TERMINAL_WIDTH", "GITHUB_ACTIONS",
-        "LANG",
+        "LANG", "LANGUAGE",  # with LC_*: the locale, and gettext's choice of language for Typer's words
     }
 )  # fmt: skip
 _PREFIXES = ("TYPER_", "_TYPER_", "PYTHON", "LC_", "DTG_")
