@@ -199,7 +199,8 @@ class Generator:
         """Generate for every `Task` of `items`, up to `parallel` sequences in one decode call; a finished
         sequence's slot takes the next waiting one at once (continuous batching). Outcomes come back in
         input order; items that are not tasks pass through in their place. Sizes not given are chosen from
-        the first task (`context_per_sequence`, then `default_parallel`, at most `most`)."""
+        the first task (`context_per_sequence`, then `default_parallel`, at most `most`, and no more
+        sequences than an input that ends sooner holds)."""
         return schedule(self, items, parallel=parallel, most=most, stream=stream)
 
     def sequence(self, prepared: Prepared, variant: int, slot: int) -> Sequence:

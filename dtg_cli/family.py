@@ -59,14 +59,14 @@ class Step:
     expand: bool
 
 
-ONE_STEP = (Step(None, "tag", True),)
+ONE_STEP = (Step(None, "tag", True),)  # what a family without tasks does: extend the tags
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 
 
 def sentences(text: str) -> list[str]:
     """A caption's sentences (split after . ! or ?)."""
-    return [s for s in _SENTENCE_END.split(text.strip()) if s]  # what a family without tasks does: extend the tags
+    return [s for s in _SENTENCE_END.split(text.strip()) if s]
 
 
 class StepDecoder(Protocol):
@@ -83,7 +83,7 @@ class StepDecoder(Protocol):
         ...
 
 
-class _TagsOnly:
+class _TagStepDecoder:
     """A `StepDecoder` over a tokenizer's tag decoder: no caption, done when the model stops."""
 
     done = False
@@ -171,7 +171,7 @@ class Family(ABC):
 
     def decoder(self, tokenizer: Tokenizer, step: Step, prompt: str) -> StepDecoder:
         """What reads the ids a step generates after `prompt`. The default reads tags until the model stops."""
-        return _TagsOnly(tokenizer.tag_decoder())
+        return _TagStepDecoder(tokenizer.tag_decoder())
 
     def guess_format(self, hints: str, path_name: str) -> str:
         """The prompt format of a GGUF the registry does not know, from what it records of its source

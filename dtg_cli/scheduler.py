@@ -112,7 +112,8 @@ def schedule(
     """Generate for every `Task` of `items`, up to `parallel` sequences in one decode; a finished sequence's
     slot takes the next waiting one at once. Outcomes come back in input order; items that are not tasks
     pass through in their place. Sizes not given are chosen from the first task
-    (`context_per_sequence`, then `default_parallel`, at most `most`)."""
+    (`context_per_sequence`, then `default_parallel`, at most `most`, and no more sequences than an input
+    that ends sooner holds)."""
     source = items if isinstance(items, Source) else IterSource(items)
     waiting: deque[tuple[Prepared, int]] = deque()  # variants not in a slot yet
     order: deque[list] = deque()  # [unit, outcome or None] in input order
