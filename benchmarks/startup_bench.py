@@ -7,8 +7,8 @@ Each tree runs as `python -m dtg_cli` with that tree first on PYTHONPATH, from a
 neither the current directory nor an editable install stands in for it); its `.py` files are compiled
 first, as pip does when it installs. A virtual environment given in place of a tree (a folder with
 `pyvenv.cfg`) runs its installed `bin/dtg`, as a user who ran `pip install .` in it does: that leaves out
-whatever the benchmark's own Python loads at start-up (`.pth` files of an editable install, say). For each command, one process of each tree in turn, `--runs`
-times; the median wall time of each. Interleaving matters on a shared machine whose speed drifts between
+whatever the benchmark's own Python loads at start-up (`.pth` files of an editable install, say). For
+each command, one process of each tree in turn, `--runs` times; the median wall time of each. Interleaving matters on a shared machine whose speed drifts between
 runs. `--gguf`: a Dart v2 GGUF for the `dtg generate` rows (`benchmarks.generate_bench --workdir DIR`
 writes one, `DIR/dart-moe-Q8_0.gguf`).
 """
@@ -42,8 +42,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     args = parser.parse_args()
     trees = [tree.resolve() for tree in args.trees]
-    program = {}
-    for tree in trees:
+    scratch = Path(tempfile.mkdtemp(prefix="dtg-startup-"))
+    program, env = {}, {}  # per tree: the command that runs dtg, and the variables it runs with
+    for i, tree in enumerate(trees):
+        env[tree] = {"DTG_HOME": str(scratch / f"home-{i}")}
         if (tree / "pyvenv.cfg").is_file():
             program[tree] = [str(tree / "bin" / "dtg")]
             if not Path(program[tree][0]).is_file():
@@ -52,6 +54,7 @@ def main() -> None:
         if not (tree / "dtg_cli" / "__init__.py").is_file():
             raise SystemExit(f"{tree}: not a dtg source tree nor a virtual environment")
         program[tree] = [sys.executable, "-m", "dtg_cli"]
+        env[tree]["PYTHONPATH"] = str(tree)
         for package in ("dtg_cli", "convert"):
             if (tree / package).is_dir():
                 compileall.compile_dir(tree / package, quiet=1)
@@ -63,11 +66,6 @@ def main() -> None:
         "dtg --help (kept page)": (["--help"], False),
         "dtg generate, 1 token": ([*generate, "--max-new-tokens", "1"], False),
         "dtg generate, 40 tags": ([*generate, "--max-new-tokens", "40"], False),
-    }
-    scratch = Path(tempfile.mkdtemp(prefix="dtg-startup-"))
-    env = {
-        tree: {"DTG_HOME": str(scratch / f"home-{i}"), **({} if (tree / "pyvenv.cfg").is_file() else {"PYTHONPATH": str(tree)})}
-        for i, tree in enumerate(trees)
     }
     for tree in trees:  # the page a later --help prints
         run_and_measure([*program[tree], "--help"], env=env[tree], cwd=scratch)
