@@ -7,7 +7,9 @@ Each tree runs as `python -m dtg_cli` with that tree first on PYTHONPATH, from a
 neither the current directory nor an editable install stands in for it); its `.py` files are compiled
 first, as pip does when it installs. A virtual environment given in place of a tree (a folder with
 `pyvenv.cfg`) runs its installed `bin/dtg`, as a user who ran `pip install .` in it does: that leaves out
-whatever the benchmark's own Python loads at start-up (`.pth` files of an editable install, say). For
+whatever the benchmark's own Python loads at start-up (`.pth` files of an editable install, say), and
+it has the help book that `pip install` writes (`dtg_cli/helpbook.py`), which a source tree, run as
+`python -m dtg_cli`, does not use: there Typer renders a first `--help`. For
 each command, one process of each tree in turn, `--runs` times; the median wall time of each. Interleaving matters on a shared machine whose speed drifts between
 runs. `--gguf`: a Dart v2 GGUF for the `dtg generate` rows (`benchmarks.generate_bench --workdir DIR`
 writes one, `DIR/dart-moe-Q8_0.gguf`).
@@ -64,6 +66,7 @@ def main() -> None:
         "dtg --version": (["--version"], False),
         "dtg --help (renders)": (["--help"], True),
         "dtg --help (kept page)": (["--help"], False),
+        "dtg batch --help (renders)": (["batch", "--help"], True),  # the longest page
         "dtg generate, 1 token": ([*generate, "--max-new-tokens", "1"], False),
         "dtg generate, 40 tags": ([*generate, "--max-new-tokens", "40"], False),
     }
@@ -84,9 +87,9 @@ def main() -> None:
 
     names = [tree.name for tree in trees]
     print(f"median wall s of {args.runs} processes each, interleaved, {args.threads} threads")
-    print(f"{'':<24}" + "".join(f"{name[-14:]:>15}" for name in names))
+    print(f"{'':<28}" + "".join(f"{name[-14:]:>15}" for name in names))
     for label in commands:
-        print(f"{label:<24}" + "".join(f"{statistics.median(walls[(label, tree)]):14.3f}s" for tree in trees))
+        print(f"{label:<28}" + "".join(f"{statistics.median(walls[(label, tree)]):14.3f}s" for tree in trees))
 
 
 if __name__ == "__main__":

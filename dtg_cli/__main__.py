@@ -1,6 +1,6 @@
 """`dtg` and `python -m dtg_cli`: answered here, before the CLI and its imports (Typer, rich) load, are
-`dtg --version` and any `--help` page already rendered once (`helpcache`); everything else goes to
-`dtg_cli.cli.main`.
+`dtg --version`, any `--help` page already rendered once (`helpcache`) and a page the help book holds
+(`helpbook`, rich without Typer); everything else goes to `dtg_cli.cli.main`.
 
 The garbage collector is set for a short-lived process. Start-up makes objects that live until exit
 (modules, classes, Typer's command tree); the collector finds no garbage among them, yet walks all of them
@@ -33,10 +33,16 @@ def _main() -> None:
         return
     page = None
     if args[-1:] == ["--help"]:  # any other command never reads or keeps a page
-        from dtg_cli import helpcache
+        from dtg_cli import helpbook, helpcache
 
         page = helpcache.page_key(args)
         if helpcache.serve(page):
+            return
+        text = helpbook.render(args[:-1])
+        if text is not None:
+            helpcache.show(text)
+            if page is not None:
+                helpcache.keep(page, text)
             return
     from dtg_cli.cli import main as cli_main
 

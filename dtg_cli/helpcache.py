@@ -1,12 +1,13 @@
 """Rendered `--help` pages, kept so that the next identical request prints without loading Typer or rich.
 
-Typer and rich take about 0.2 s to import and render a page, four times Python's own start. A page is a
-function of dtg's code, the installed Typer and rich, the program's name, the words asked about, and the
-terminal: whether each standard stream is a terminal and its size, the variables rich and Typer read
-from the environment, and the output encoding. `page_key` writes all of these down. The first request
-renders as usual while `Recorder` keeps what reaches stdout; the page is stored, after its key, under
-`$DTG_HOME/help/` only when the command exits 0. A later request whose key is the stored one, character
-for character, prints the stored page (`serve`). Any change to any input is another key, so a page is
+Importing rich (and Typer, where the help book cannot stand in for it) and rendering a page take several
+times Python's own start. A page is a function of dtg's code, the installed Typer and rich, the program's
+name, the words asked about, and the terminal: whether each standard stream is a terminal and its size,
+the variables rich and Typer read from the environment, and the output encoding. `page_key` writes all
+of these down. The first request renders (from `helpbook`, else with Typer while `Recorder` keeps what
+reaches stdout); the page is stored, after its key, under `$DTG_HOME/help/` (`keep`), from Typer only
+when the command exits 0. A later request whose key is the stored one, character for character, prints
+the stored page (`serve`). Any change to any input is another key, so a page is
 never shown where it would have rendered differently; the newest `KEEP` pages are kept.
 
 Standard library only: `__main__` asks here before the CLI is imported.
@@ -112,15 +113,36 @@ def serve(key: str | None) -> bool:
     if stored_key != key:  # another key with the same file name
         return False
     try:
-        os.utime(path)  # a page in use is among the newest, which `Recorder.keep` keeps
+        os.utime(path)  # a page in use is among the newest, which `keep` keeps
     except OSError:
         pass
+    show(page)
+    return True
+
+
+def show(page: str) -> None:
+    """Print a page."""
     try:
         sys.stdout.write(page)
         sys.stdout.flush()
     except BrokenPipeError:  # `dtg --help | head -1`
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - lives until exit
-    return True
+
+
+def keep(key: str, page: str) -> None:
+    """Store `page` for `key`, after the key, and drop all but the newest `KEEP` pages."""
+    path = _page_path(key)
+    folder = path.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        partial = folder / f".{path.name}.{os.getpid()}"
+        partial.write_text(key + "\n" + page, encoding="utf-8", errors="surrogateescape")
+        os.replace(partial, path)
+        pages = sorted(folder.iterdir(), key=lambda p: p.stat().st_mtime_ns, reverse=True)
+        for old in pages[KEEP:]:
+            old.unlink(missing_ok=True)
+    except OSError:  # a read-only cache: the page renders every time
+        pass
 
 
 class Recorder:
@@ -152,17 +174,5 @@ class Recorder:
         return True
 
     def keep(self, key: str) -> None:
-        """Store what was written as the page for `key`, after the key, and drop all but the newest
-        `KEEP` pages."""
-        path = _page_path(key)
-        folder = path.parent
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            partial = folder / f".{path.name}.{os.getpid()}"
-            partial.write_text(key + "\n" + "".join(self._parts), encoding="utf-8", errors="surrogateescape")
-            os.replace(partial, path)
-            pages = sorted(folder.iterdir(), key=lambda p: p.stat().st_mtime_ns, reverse=True)
-            for old in pages[KEEP:]:
-                old.unlink(missing_ok=True)
-        except OSError:  # a read-only cache: the page renders every time
-            pass
+        """Store what was written as the page for `key`."""
+        keep(key, "".join(self._parts))

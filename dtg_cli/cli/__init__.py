@@ -20,9 +20,10 @@ __all__ = ["app", "main", "keep_stdout_for_results"]
 def main(help_page: str | None = None) -> None:
     """Run the command line. `help_page`: the `helpcache` key of the page this request prints, which is
     kept for the next identical request if the command exits 0."""
-    keep_stdout_for_results()
     recorder = None
-    if help_page is not None:
+    if help_page is None:
+        keep_stdout_for_results()
+    else:  # a page only, on the real stdout: rich sizes it by the terminal stdout is on, as `helpbook` does
         from dtg_cli.helpcache import Recorder  # only for a page to keep
 
         sys.stdout = recorder = Recorder(sys.stdout)

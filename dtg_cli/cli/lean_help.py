@@ -1,4 +1,5 @@
-"""Typer's help renderer without the two rich modules a `dtg` page never uses.
+"""Typer's help renderer without the two rich modules a `dtg` page never uses, for the pages Typer renders
+(those the help book, `dtg_cli/helpbook.py`, does not print).
 
 `typer.rich_utils`, which renders every `--help` page, imports `rich.markdown` (with markdown-it and
 pygments) and `rich.traceback` at its top: a first `dtg --help` took 0.17 s with them and 0.12 s without
