@@ -11,7 +11,7 @@ own, without importing Typer: about 40 ms less for a first page on a 2-core AMD 
 as Typer prints it.
 
 The book stands in for Typer only where it prints what Typer would (`_stands_for_typer`): the installed
-Typer is the release that built it, the program runs as the `dtg` script, Typer's words are not
+Typer and rich are the releases that built it, the program runs as the `dtg` script, Typer's words are not
 translated (gettext finds no catalogue), and none of the variables Typer reads when it sets up its
 console is set. Anywhere else, and for a page or a rich release the book cannot rebuild, Typer renders.
 
@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import sys
 
 FORMAT = 1
@@ -32,27 +31,28 @@ BOOK = os.path.join(os.path.dirname(os.path.abspath(__file__)), "helpbook.jsonl"
 # book's console is Typer's as these leave it unset.
 _TYPER_VARIABLES = ("TERMINAL_WIDTH", "GITHUB_ACTIONS", "FORCE_COLOR", "PY_COLORS")
 _TYPER_PREFIXES = ("TYPER_", "_TYPER_")
-_VERSION = re.compile(r'^__version__ = "([^"]+)"$', re.MULTILINE)
 
 
 class Unsupported(ValueError):
     """A renderable the book cannot write down exactly; its page is left to Typer."""
 
 
-def installed_typer() -> str | None:
-    """The installed Typer's version, read from its source without importing it (that is what the book
-    saves)."""
+def installed_version(name: str) -> str | None:
+    """The version of the installed distribution `name` (typer, rich), from the name of its .dist-info
+    folder beside the package, without importing either (or importlib.metadata); None where it is not one
+    such folder."""
     import importlib.util
 
-    spec = importlib.util.find_spec("typer")
+    spec = importlib.util.find_spec(name)
     if spec is None or not spec.origin:
         return None
     try:
-        with open(spec.origin, encoding="utf-8") as source:
-            found = _VERSION.search(source.read())
+        entries = os.listdir(os.path.dirname(os.path.dirname(spec.origin)))
     except OSError:
         return None
-    return found.group(1) if found else None
+    prefix, suffix = f"{name}-", ".dist-info"
+    found = [entry[len(prefix) : -len(suffix)] for entry in entries if entry.lower().startswith(prefix) and entry.endswith(suffix)]
+    return found[0] if len(found) == 1 else None
 
 
 def _stands_for_typer(book: dict) -> bool:
@@ -63,7 +63,8 @@ def _stands_for_typer(book: dict) -> bool:
         sys.platform != "win32"  # a Windows console's set-up is not in the environment
         and sys.stdout is not None
         and book.get("format") == FORMAT
-        and book.get("typer") == installed_typer()
+        and book.get("typer") == installed_version("typer")
+        and book.get("rich") == installed_version("rich")  # whose defaults the book's renderables were written with
         and getattr(main, "__package__", None) in (None, "")  # click names `python -m dtg_cli` otherwise
         and os.path.basename(sys.argv[0]) == book.get("program")
         and not any(name in os.environ for name in _TYPER_VARIABLES)

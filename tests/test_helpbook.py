@@ -1,6 +1,7 @@
 """The help book (`dtg_cli.helpbook`, written by `dtg_cli.cli.pages`): every page prints from it byte for
 byte as Typer prints it, without Typer, and only where Typer would print the same."""
 
+import importlib.metadata
 import os
 import re
 import subprocess
@@ -80,6 +81,7 @@ def test_the_book_holds_every_page_of_dtg(book):
     assert {"", "generate", "batch", "models list", "tags check"} <= words
     assert set(written["pages"]) == words
     assert written["typer"] == typer.__version__ and written["program"] == "dtg"
+    assert written["rich"] == importlib.metadata.version("rich")
 
 
 @checked
@@ -180,11 +182,12 @@ class TestWhereTheBookStandsForTyper:
         monkeypatch.setattr(gettext, "find", lambda domain, *args, **kwargs: "/usr/share/locale/de/LC_MESSAGES/messages.mo")
         assert helpbook.render([], str(self.book)) is None
 
-    def test_not_with_another_typer_release(self, tmp_path):
+    @pytest.mark.parametrize("package", ["typer", "rich"])
+    def test_not_with_another_typer_or_rich_release(self, package, tmp_path):
         written = helpbook.load(str(self.book))
         other = tmp_path / "other.jsonl"
         with open(other, "w", encoding="utf-8") as file:
-            helpbook.dump({**written, "typer": "0.28.0"}, file)
+            helpbook.dump({**written, package: "0.1.0"}, file)
         assert helpbook.render([], str(other)) is None
 
     def test_not_for_words_that_are_not_a_page(self):

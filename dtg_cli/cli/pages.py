@@ -114,13 +114,16 @@ def build(application: typer.Typer = app) -> dict:
         narrow, wide = _page(command, words, 50), _page(command, words, 300)
         if narrow is not None and narrow == wide:
             pages[" ".join(words)] = narrow
-    return {"format": helpbook.FORMAT, "typer": typer.__version__, "program": PROGRAM, "pages": pages}
+    versions = {name: helpbook.installed_version(name) for name in ("typer", "rich")}
+    return {"format": helpbook.FORMAT, **versions, "program": PROGRAM, "pages": pages}
 
 
 def main() -> None:
     if not typer.__version__.startswith(TESTED):  # another release may print a page by other means than its console
         raise SystemExit(f"no help book: Typer {typer.__version__} is not a release it was checked with ({', '.join(TESTED)})")
     book = build()
+    if None in (book["typer"], book["rich"]):  # the runtime finds them the same way, and would never match
+        raise SystemExit("no help book: the installed Typer or rich has no .dist-info folder of its own")
     with open(sys.argv[1], "w", encoding="utf-8") as file:
         helpbook.dump(book, file)
     print(f"help book: {len(book['pages'])} pages, Typer {book['typer']}", file=sys.stderr)
