@@ -348,13 +348,13 @@ def decode(value):
 
         columns = fields.pop("columns")
         rows = fields.pop("rows")
-        name = fields.pop("box")
+        box_name = fields.pop("box")
         for field in ("title", "caption"):
             fields[field] = None if fields[field] is None else decode(fields[field])
-        table = Table(box=None if name is None else getattr(box, name), **{**fields, "padding": tuple(fields["padding"])})
+        table = Table(box=None if box_name is None else getattr(box, box_name), **{**fields, "padding": tuple(fields["padding"])})
         for column in columns:
             header, footer = decode(column["header"]), decode(column["footer"])
-            table.add_column(header, footer, **{name: value for name, value in column.items() if name not in ("header", "footer")})
+            table.add_column(header, footer, **{key: value for key, value in column.items() if key not in ("header", "footer")})
         for row in rows:
             table.add_row(*[decode(cell) for cell in row["cells"]], style=row["style"], end_section=row["end_section"])
         return table
