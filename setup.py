@@ -2,6 +2,7 @@
 copied into the built package, and the help book (`dtg_cli/helpbook.py`) is written into it."""
 
 import os
+import runpy
 import shutil
 import subprocess
 import sys
@@ -10,9 +11,9 @@ from pathlib import Path
 from setuptools import setup
 from setuptools.command.build_py import build_py
 
-# What could change what Typer builds for a page: Typer's own switches and console variables, and the
-# locale, whose language gettext would translate Typer's words into. The book is written without them.
-_LEFT_OUT = ("TYPER_", "_TYPER_", "TERMINAL_WIDTH", "GITHUB_ACTIONS", "FORCE_COLOR", "PY_COLORS", "COLUMNS", "LANG", "LANGUAGE", "LC_")
+# What could change what Typer builds for a page; the book is written without it. helpbook.py is standard
+# library only at import, so it loads here without dtg's dependencies.
+_LEFT_OUT = runpy.run_path(str(Path(__file__).parent / "dtg_cli" / "helpbook.py"))["BUILD_LEFT_OUT"]
 
 
 class BuildWithRegistryAndHelp(build_py):

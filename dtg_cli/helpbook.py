@@ -31,6 +31,9 @@ BOOK = os.path.join(os.path.dirname(os.path.abspath(__file__)), "helpbook.jsonl"
 # book's console is Typer's as these leave it unset.
 _TYPER_VARIABLES = ("TERMINAL_WIDTH", "GITHUB_ACTIONS", "FORCE_COLOR", "PY_COLORS")
 _TYPER_PREFIXES = ("TYPER_", "_TYPER_")
+# The environment variables (and prefixes) the book is written without (`setup.py`): those above, click's
+# terminal width, and the locale, whose language gettext would translate Typer's words into.
+BUILD_LEFT_OUT = (*_TYPER_PREFIXES, *_TYPER_VARIABLES, "COLUMNS", "LANG", "LANGUAGE", "LC_")
 
 
 class Unsupported(ValueError):
@@ -168,8 +171,8 @@ def encode(item, style) -> object:
                 return name
         raise Unsupported(f"a box that rich.box does not name: {value!r}")
 
-    def title(value):  # a title, caption or header: markup text or a renderable
-        return value if isinstance(value, str) else encode(value, style)
+    def title(value):  # a title, caption or header: none, markup text or a renderable
+        return value if value is None or isinstance(value, str) else encode(value, style)
 
     if isinstance(item, str):
         if item:  # the console would highlight it with Typer's highlighter
@@ -219,16 +222,16 @@ def encode(item, style) -> object:
             "column_first": item.column_first,
             "right_to_left": item.right_to_left,
             "align": item.align,
-            "title": None if item.title is None else title(item.title),
+            "title": title(item.title),
         }
     if isinstance(item, Panel):
         return {
             "kind": "Panel",
             "renderable": encode(item.renderable, style),
             "box": box_name(item.box),
-            "title": None if item.title is None else title(item.title),
+            "title": title(item.title),
             "title_align": item.title_align,
-            "subtitle": None if item.subtitle is None else title(item.subtitle),
+            "subtitle": title(item.subtitle),
             "subtitle_align": item.subtitle_align,
             "safe_box": item.safe_box,
             "expand": item.expand,
@@ -243,8 +246,8 @@ def encode(item, style) -> object:
         columns = [list(column.cells) for column in item.columns]
         return {
             "kind": "Table",
-            "title": None if item.title is None else title(item.title),
-            "caption": None if item.caption is None else title(item.caption),
+            "title": title(item.title),
+            "caption": title(item.caption),
             "width": item.width,
             "min_width": item.min_width,
             "box": box_name(item.box),
@@ -295,9 +298,14 @@ def encode(item, style) -> object:
     raise Unsupported(f"a renderable the book does not write down: {type(item).__name__}")
 
 
+def _tuple(value):
+    """A padding as rich was given it: JSON writes tuples as lists."""
+    return tuple(value) if isinstance(value, list) else value
+
+
 def decode(value):
-    """The renderable `encode` wrote down."""
-    if isinstance(value, str):
+    """The renderable `encode` wrote down (a title left out: None)."""
+    if value is None or isinstance(value, str):
         return value
     fields = dict(value)
     kind = fields.pop("kind")
@@ -309,7 +317,7 @@ def decode(value):
     if kind == "Padding":
         from rich.padding import Padding
 
-        return Padding(decode(fields.pop("renderable")), tuple(fields.pop("pad")), **fields)
+        return Padding(decode(fields.pop("renderable")), _tuple(fields.pop("pad")), **fields)
     if kind == "Align":
         from rich.align import Align
 
@@ -321,25 +329,22 @@ def decode(value):
     if kind == "Columns":
         from rich.columns import Columns
 
-        padding = fields.pop("padding")
-        title = fields.pop("title")
         return Columns(
             [decode(inner) for inner in fields.pop("renderables")],
-            padding=tuple(padding) if isinstance(padding, list) else padding,
-            title=None if title is None else decode(title),
+            padding=_tuple(fields.pop("padding")),
+            title=decode(fields.pop("title")),
             **fields,
         )
     if kind == "Panel":
         from rich import box
         from rich.panel import Panel
 
-        padding = fields.pop("padding")
-        for name in ("title", "subtitle"):
-            fields[name] = None if fields[name] is None else decode(fields[name])
         return Panel(
             decode(fields.pop("renderable")),
             box=getattr(box, fields.pop("box")),
-            padding=tuple(padding) if isinstance(padding, list) else padding,
+            padding=_tuple(fields.pop("padding")),
+            title=decode(fields.pop("title")),
+            subtitle=decode(fields.pop("subtitle")),
             **fields,
         )
     if kind == "Table":
@@ -350,8 +355,8 @@ def decode(value):
         rows = fields.pop("rows")
         box_name = fields.pop("box")
         for field in ("title", "caption"):
-            fields[field] = None if fields[field] is None else decode(fields[field])
-        table = Table(box=None if box_name is None else getattr(box, box_name), **{**fields, "padding": tuple(fields["padding"])})
+            fields[field] = decode(fields[field])
+        table = Table(box=None if box_name is None else getattr(box, box_name), **{**fields, "padding": _tuple(fields["padding"])})
         for column in columns:
             header, footer = decode(column["header"]), decode(column["footer"])
             table.add_column(header, footer, **{key: value for key, value in column.items() if key not in ("header", "footer")})

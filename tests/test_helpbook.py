@@ -45,9 +45,9 @@ TERMINALS = {
 
 
 def clean_environment(**extra: str) -> dict:
-    """This process's environment without what setup.py leaves out when it writes the book."""
-    left_out = ("TYPER_", "_TYPER_", "TERMINAL_WIDTH", "GITHUB_ACTIONS", "FORCE_COLOR", "PY_COLORS", "COLUMNS", "LANG", "LANGUAGE", "LC_")
-    left_out += ("TTY_", "TERM", "COLORTERM", "NO_COLOR")
+    """This process's environment without what setup.py leaves out when it writes the book, and without
+    the terminal's own variables (each test sets those it means)."""
+    left_out = (*helpbook.BUILD_LEFT_OUT, "TTY_", "TERM", "COLORTERM", "NO_COLOR")
     return {**{name: value for name, value in os.environ.items() if not name.startswith(left_out)}, **extra}
 
 
