@@ -395,6 +395,28 @@ def test_ctrl_c_during_quantization_stops_with_130_and_leaves_nothing(tmp_path):
     assert list(out.iterdir()) == []
 
 
+def test_a_ctrl_c_while_the_quantizer_starts_stops_it(monkeypatch, tmp_path):
+    """A SIGINT inside Popen, after the child has started (a slow start on a busy machine), would leave
+    that child running, writing into the output folder; it is raised once the child can be stopped."""
+    from dtg_cli.convert import quantize as quantizing
+
+    started = []
+    real_popen = subprocess.Popen
+
+    def starting_slowly(args, **kwargs):  # the quantizer's start, then a Ctrl-C before Popen returns
+        child = real_popen([sys.executable, "-c", "import time; time.sleep(60)"], **kwargs)
+        started.append(child)
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.5)
+        return child
+
+    monkeypatch.setattr(quantizing.subprocess, "Popen", starting_slowly)
+    with pytest.raises(KeyboardInterrupt):
+        quantizing.quantize(tmp_path / "in.gguf", tmp_path / "out.gguf", "q8_0")
+    (child,) = started
+    assert child.poll() is not None  # stopped, not left running
+
+
 def test_a_rerun_finishes_what_a_killed_run_left(checkpoints, tmp_path):
     from dtg_cli.convert import convert
 
