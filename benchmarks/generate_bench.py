@@ -10,8 +10,7 @@ decoding, from inside the process) and the peak resident memory of the process (
 
 The table's `dtg generate` runs add `--format json -v` to read the new tags and the generation rate,
 which costs time of its own (the log lines go through rich). Start-up: the median wall time of
-`dtg --version` and `dtg --help` processes (`--help` both when it renders its page and when it prints the
-page an earlier request kept), of a `dtg generate` process that makes one new token, which is the time
+`dtg --version` and `dtg --help` processes, of a `dtg generate` process that makes one new token, which is the time
 from the process's start to its first token (plus its exit), and of the same process making all the new
 tokens, as a user runs it (text to a pipe). Random weights: this measures speed, not the quality of the
 tags.
@@ -164,16 +163,9 @@ def main() -> None:
     )
 
     generate = [*dtg, "generate", TAGS, "--model", str(gguf), "--threads", str(args.threads), "--max-new-tokens"]
-    # `--help` renders its page on the first request and prints the kept page after (dtg_cli/helpcache.py):
-    # both are timed, each with a DTG_HOME of its own.
-    homes = Path(tempfile.mkdtemp(prefix="dtg-help-"))
-    fresh_homes = iter(str(homes / f"fresh-{i}") for i in range(args.runs))
-    kept_home = str(homes / "kept")
-    run_and_measure([*dtg, "--help"], env={"DTG_HOME": kept_home})
     startup = {
         "dtg --version": ([*dtg, "--version"], dict),
-        "dtg --help, first request (renders the page)": ([*dtg, "--help"], lambda: {"DTG_HOME": next(fresh_homes)}),
-        "dtg --help, later requests (the kept page)": ([*dtg, "--help"], lambda: {"DTG_HOME": kept_home}),
+        "dtg --help": ([*dtg, "--help"], dict),
         "dtg generate, 1 new token (to the first token)": ([*generate, "1"], dict),
         f"dtg generate, {args.new_tokens} new tags (the whole process)": ([*generate, str(args.new_tokens)], dict),
     }
@@ -184,7 +176,6 @@ def main() -> None:
             for seed in range(1, args.runs + 1)
         ]
         print(f"  {label:<48} {statistics.median(walls):6.3f}")
-    shutil.rmtree(homes)
 
 
 if __name__ == "__main__":

@@ -1,15 +1,12 @@
-"""`dtg` and `python -m dtg_cli`: answered here, before the CLI and its imports (Typer, rich) load, are
-`dtg --version`, any `--help` page already rendered once (`helpcache`) and a page the help book holds
-(`helpbook`, rich without Typer); everything else goes to `dtg_cli.cli.main`.
+"""`dtg` and `python -m dtg_cli`: `dtg --version` is answered here, before the CLI and its imports (Typer,
+rich) load; everything else goes to `dtg_cli.cli.main`.
 
 The garbage collector is set for a short-lived process. Start-up makes objects that live until exit
 (modules, classes, Typer's command tree); the collector finds no garbage among them, yet walks all of them
 several times while they are imported and once more at exit. So it is off during start-up; what start-up
 made is then frozen (left out of every later collection) and collection runs as usual while a command
 works; at exit everything is frozen, so that no last collection walks the heap of a process that is ending
-(dtg closes its own files). A `--help` page renders with the collector off. Side by side on a 2-core AMD
-EPYC (`benchmarks/startup_bench.py`, installed in virtual environments): a first `dtg --help` 116 -> 93 ms,
-a 40-tag `dtg generate` 380 -> 360 ms.
+(dtg closes its own files). A `--help` page renders with the collector off.
 """
 
 import gc
@@ -31,25 +28,13 @@ def _main() -> None:
 
         print(f"dtg {__version__}")
         return
-    page = None
-    if args[-1:] == ["--help"]:  # any other command never reads or keeps a page
-        from dtg_cli import helpbook, helpcache
-
-        page = helpcache.page_key(args)
-        if helpcache.serve(page):
-            return
-        text = helpbook.render(args[:-1])
-        if text is not None:
-            helpcache.show(text)
-            if page is not None:
-                helpcache.keep(page, text)
-            return
     from dtg_cli.cli import main as cli_main
 
-    if page is None:  # a command that works, perhaps for hours (dtg batch): collect as usual from here
+    help_page = args[-1:] == ["--help"]
+    if not help_page:  # a command that works, perhaps for hours (dtg batch): collect as usual from here
         gc.freeze()
         gc.enable()
-    cli_main(help_page=page)
+    cli_main(help_page=help_page)
 
 
 if __name__ == "__main__":

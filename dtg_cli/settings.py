@@ -59,7 +59,7 @@ class Setting:
     name: str  # the field name (a record's key, a keyword of `Request.from_options`); the flag is --name-with-dashes
     kind: str  # tags, patterns, choice, aspect, int, float or bool
     group: str  # prompt (what to read), condition (what the prompt states), sampling, or run (how many, what to ban)
-    help: str  # for --help; "{default}" is replaced by each family's default (sampling)
+    help: str  # for --help; a sampling setting's names each family's default (`tests/test_settings.py` checks them)
     choices: tuple[str, ...] = ()
     within: Callable[[Any], bool] | None = None  # the range of a number
     limits: str = ""  # that range in words
@@ -121,19 +121,19 @@ SETTINGS: tuple[Setting, ...] = (
         "Sort a flat tag list into the prompt's fields (character, copyright, artist, rating, quality, general) by the tag "
         "database (default: on); a field's own flag wins.",
     ),
-    Setting("temperature", "float", "sampling", "0 is greedy (default: {default}).", within=lambda v: 0 <= v <= 100, limits="between 0 and 100", panel=_SAMPLING),
-    Setting("top_p", "float", "sampling", "Nucleus sampling, 1 is off (default: {default}).", within=lambda v: 0 < v <= 1, limits="in (0, 1]", panel=_SAMPLING),
-    Setting("top_k", "int", "sampling", "Keep the k likeliest tokens, 0 is off (default: {default}).", within=lambda v: v >= 0, limits="0 or more", panel=_SAMPLING),
+    Setting("temperature", "float", "sampling", "0 is greedy (default: dart-v2 1.0, tipo 0.35, dantaggen 1.35).", within=lambda v: 0 <= v <= 100, limits="between 0 and 100", panel=_SAMPLING),
+    Setting("top_p", "float", "sampling", "Nucleus sampling, 1 is off (default: dart-v2 1.0, tipo 0.95, dantaggen 0.95).", within=lambda v: 0 < v <= 1, limits="in (0, 1]", panel=_SAMPLING),
+    Setting("top_k", "int", "sampling", "Keep the k likeliest tokens, 0 is off (default: dart-v2 100, tipo 60, dantaggen 100).", within=lambda v: v >= 0, limits="0 or more", panel=_SAMPLING),
     Setting(
-        "min_p", "float", "sampling", "Drop tokens below this fraction of the likeliest, 0 is off (default: {default}).",
+        "min_p", "float", "sampling", "Drop tokens below this fraction of the likeliest, 0 is off (default: dart-v2 0.0, tipo 0.1, dantaggen 0.0).",
         within=lambda v: 0 <= v < 1, limits="in [0, 1)", panel=_SAMPLING,
     ),
     Setting(
-        "max_new_tokens", "int", "sampling", "Token budget per result (default: {default}).",
+        "max_new_tokens", "int", "sampling", "Token budget per result (default: dart-v2 256, tipo 512, dantaggen 512).",
         within=lambda v: 1 <= v <= 4096, limits="between 1 and 4096", panel=_SAMPLING,
     ),
     Setting(
-        "repeat_penalty", "float", "sampling", "llama.cpp's penalty on the last 64 generated tokens, 1 is off (default: {default}).",
+        "repeat_penalty", "float", "sampling", "llama.cpp's penalty on the last 64 generated tokens, 1 is off (default: dart-v2 1.0, tipo 1.17, dantaggen 1.0).",
         within=lambda v: 0 < v <= 10, limits="in (0, 10]", panel=_SAMPLING,
     ),
     Setting(

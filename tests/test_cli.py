@@ -215,3 +215,14 @@ def test_verify_prints_figures_per_file(checkpoints, tmp_path):
     lines = [line for line in result.stderr.splitlines() if "mean KL" in line]
     assert [line.split(":")[0] for line in lines] == ["dart-dense-F16.gguf", "dart-dense-Q8_0.gguf"]
     assert all("top-1 agreement" in line and "max |logit diff|" in line for line in lines)
+
+
+def test_the_usage_error_class_is_clicks_base_of_bad_flags():
+    """`app._USAGE_ERROR` is read from Typer's public BadParameter; every parsing error derives from it."""
+    from dtg_cli.cli.app import _USAGE_ERROR
+
+    assert _USAGE_ERROR.__name__ == "UsageError"
+    result = run("generate", "--no-such-flag")
+    assert result.exit_code == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("error: No such option: --no-such-flag") and line.endswith("generate --help)")

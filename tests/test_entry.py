@@ -12,8 +12,8 @@ import pytest
 PROBE = """
 import gc, sys
 import dtg_cli.cli
-def probe(help_page=None):
-    print(gc.isenabled(), gc.get_freeze_count() > 0, help_page is not None)
+def probe(help_page=False):
+    print(gc.isenabled(), gc.get_freeze_count() > 0, help_page)
 dtg_cli.cli.main = probe
 gc.enable()
 sys.argv = ["dtg", *sys.argv[1:]]

@@ -148,3 +148,20 @@ def test_every_setting_is_an_option_of_both_commands_and_a_batch_field():
                 assert f"--{item.name.replace('_', '-')}" in flags, (name, item.name)
     assert {item.name for item in SETTINGS} | {"id"} == RECORD_FIELDS
     assert "-n" in {opt for p in commands["generate"].params for opt in p.opts}
+
+
+def test_help_texts_state_each_familys_defaults_and_every_prompt_format():
+    """The help texts are written out (the CLI loads no family for a page); they must say what the
+    families hold."""
+    import typer.main
+
+    from dtg_cli.cli import app
+    from dtg_cli.families import FAMILIES, formats
+    from dtg_cli.settings import SETTINGS
+
+    for item in SETTINGS:
+        if item.group == "sampling" and item.name != "seed":
+            stated = ", ".join(f"{family.name} {getattr(family.sampling, item.name)}" for family in FAMILIES)
+            assert f"(default: {stated})" in item.help, item.name
+    (prompt_format,) = [p for p in typer.main.get_command(app).commands["generate"].params if p.name == "prompt_format"]
+    assert prompt_format.help.endswith(f": {', '.join(formats())}.")

@@ -10,33 +10,16 @@ import typer
 from typer.core import TyperGroup
 
 from dtg_cli import __version__
-from dtg_cli.cli.coercion import install
 from dtg_cli.cli.ui import err, escape
 from dtg_cli.errors import DtgError, SettingError
 
-
-def _usage_errors() -> tuple[type[Exception], ...]:
-    """Click's usage error class: typer vendors its own copy of click from 0.24 on, and then raises only
-    that one (importing upstream click as well would cost about 20 ms of start-up)."""
-    try:
-        from typer._click.exceptions import UsageError as vendored
-
-        return (vendored,)
-    except ImportError:
-        from click.exceptions import UsageError as upstream
-
-        return (upstream,)
-
-
-_USAGE_ERRORS = _usage_errors()
+# click's UsageError, the base of every bad flag or value error. Typer exports its subclass BadParameter
+# but not the class itself (from 0.24 on, Typer carries its own click and raises only that one's errors).
+_USAGE_ERROR: type[Exception] = typer.BadParameter.__base__
 
 
 class _ErrorBoundary(TyperGroup):
     """The one place where project errors become a red line on stderr and an exit code."""
-
-    def main(self, *args, **kwargs):
-        install(self)  # option values converted without pydantic (`coercion.py`)
-        return super().main(*args, **kwargs)
 
     def invoke(self, ctx):
         try:
@@ -47,7 +30,7 @@ class _ErrorBoundary(TyperGroup):
             message = e.as_flags() if isinstance(e, SettingError) else str(e)  # on the command line, settings are flags
             err.print(f"[red]error:[/] {escape(message)}", soft_wrap=True)
             raise typer.Exit(e.exit_code) from None
-        except _USAGE_ERRORS as e:  # a bad flag or value: one line too, with where to read more
+        except _USAGE_ERROR as e:  # a bad flag or value: one line too, with where to read more
             command = e.ctx.command_path if e.ctx else "dtg"
             err.print(f"[red]error:[/] {escape(e.format_message())} (see {command} --help)", soft_wrap=True)
             raise typer.Exit(2) from None

@@ -26,28 +26,13 @@ _MODEL = "Model"
 _OUTPUT = "Output"
 
 
-def _family_default(name: str) -> str:
-    from dtg_cli.families import FAMILIES
-
-    values = {family.name: getattr(family.sampling, name) for family in FAMILIES}
-    if len(set(values.values())) == 1:
-        return str(next(iter(values.values())))
-    return ", ".join(f"{family} {value}" for family, value in values.items())
-
-
-def _format_names() -> str:
-    from dtg_cli.families import formats
-
-    return ", ".join(formats())
-
-
 # Options of the commands that generate (generate, batch), declared once.
 ModelName = Annotated[str, typer.Option("--model", "-m", help="A model name (dtg models list) or a .gguf file.", rich_help_panel=_MODEL)]
 Quant = Annotated[str, typer.Option("--quant", "-q", help="f16, q8_0 or q6_k.", rich_help_panel=_MODEL)]
 PromptFormat = Annotated[
     str | None,
     typer.Option(
-        help=f"Prompt format for a .gguf file dtg cannot identify: {_format_names()}.",
+        help="Prompt format for a .gguf file dtg cannot identify: dart-v2-sft, dart-v2-base, tipo, dantaggen, dantaggen-delta.",
         rich_help_panel=_MODEL,
     ),
 ]
@@ -104,8 +89,7 @@ def _annotation(item):
         decls = [f"{decls[0]}/--no-{item.name.replace('_', '-')}"]
     if item.short:
         decls.append(item.short)
-    help_text = item.help.replace("{default}", _family_default(item.name)) if "{default}" in item.help else item.help
-    return Annotated[kind | None, typer.Option(*decls, help=help_text, rich_help_panel=item.panel)]
+    return Annotated[kind | None, typer.Option(*decls, help=item.help, rich_help_panel=item.panel)]
 
 
 def with_settings(**helps: str):
