@@ -28,7 +28,7 @@ from dtg_cli.families import formats
 
 FORMATS = formats()
 from dtg_cli.settings import Request
-from dtg_cli.tags import read
+from dtg_cli.reading import read
 from dtg_cli.tagdb import database
 request = Request.from_options({prompt!r})
 t0 = time.perf_counter()

@@ -3,7 +3,7 @@
 Two kinds exist in the models dtg runs:
 - SentencePiece (DanTagGen: the llama-2 model plus added special tokens), which llama.cpp tokenizes itself;
 - word-level `tokenizers` JSON (Dart v2: one token per tag), which llama.cpp cannot tokenize. Its whole
-  tokenizer.json travels inside the GGUF and dtg tokenizes it in Python (`dtg_cli.tokenizer`).
+  tokenizer.json travels inside the GGUF and dtg tokenizes it in Python (`dtg_cli.wordlevel`).
 """
 
 from __future__ import annotations

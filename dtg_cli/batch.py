@@ -35,9 +35,9 @@ from dtg_cli.engine import Generator
 from dtg_cli.errors import DtgError, UsageError
 from dtg_cli.outcomes import Task
 from dtg_cli.output import ResultWriter
+from dtg_cli.rendering import Style
 from dtg_cli.scheduler import END, NOT_READY, IterSource, QueuedSource, Source
 from dtg_cli.settings import SAMPLING, SETTING, Request
-from dtg_cli.tags import Style
 
 INPUT_FORMATS = ("txt", "jsonl", "toml")
 OUTPUT_FORMATS = ("text", "jsonl")

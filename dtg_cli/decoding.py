@@ -21,16 +21,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-from dtg_cli.sampler import Sampler
-
-if TYPE_CHECKING:
-    from dtg_cli.engine import Prepared
-    from dtg_cli.family import Step
-    from dtg_cli.outcomes import Stream
+from dtg_cli.sequence import Sequence
 
 UBATCH = 512  # tokens per llama.cpp micro-batch (Context's n_ubatch)
 MIN_HEAD = 8  # tokens: a shorter shared prompt head is decoded with the rest of each prompt
@@ -45,68 +39,6 @@ def chunks(n: int) -> list[int]:
         sizes.append(take)
         n -= take
     return sizes + [n]
-
-
-class Sequence:
-    """One variant of a task in a slot of the batch: what is left to decode and what it has made."""
-
-    def __init__(self, prepared: Prepared, variant: int, slot: int):
-        self.p = prepared
-        self.variant = variant
-        self.unit = (prepared.index, variant)
-        self.slot = slot
-        self.seed = prepared.seeds[variant]
-        self.sampler = Sampler(prepared.sampling, self.seed, prepared.bias)
-        self.pending = list(prepared.input_ids)  # prompt tokens to decode before the next sampled one
-        self.fresh = True  # its slot holds nothing of it yet (`Decoder.attach_head`)
-        self.n_past = 0
-        self.output_ids: list[int] = []  # of the first pass; continuations are kept apart
-        self.pass_ids = self.output_ids
-        self.feed = None  # the step's StepDecoder (`Generator.sequence`)
-        self.step = 0  # which of the prepared steps is being decoded
-        self.call = prepared.steps[0]  # the step of the current model call (a retry continues its field)
-        self.nl = prepared.request.nl  # the caption so far
-        self.nl_given = self.nl  # the caption the current step was given (its retries read it again)
-        self.nl_shown = False  # the caption has started to reach the stream
-        self.nl_hold: str | None = ""  # spaces not shown yet; None: a new call's text is to join with one
-        self.calls: list[dict] = [  # every model call: task, prompt, input_ids, output_ids, text
-            {"task": prepared.steps[0].task or "tags", "prompt": prepared.prompt, "input_ids": prepared.input_ids,
-             "output_ids": self.output_ids, "text": ""}
-        ]  # fmt: skip
-        self.new_tags: list[str] = []
-        self.seen = {t.lower() for t in prepared.general} | {k.name.lower() for k in prepared.layout.tags()}
-        self.continuations: list[dict] = []
-        self.n_new = 0
-        self.stop = "max_new_tokens"
-        self.started = time.perf_counter()
-        self.prompt_s: float | None = None
-
-    def show_nl(self, step: Step, stream: Stream) -> None:
-        """Hand the stream the caption text the step has written since the last token, as the result will
-        hold it: leading spaces dropped, trailing ones held back until more text follows them."""
-        text = self.feed.take_nl()
-        if not self.nl_shown:
-            text = text.lstrip()
-            if not text:
-                return
-            if step.expand and self.nl:  # a caption being continued: show what it continues first
-                text = f"{self.nl} {text}"
-            self.nl_shown = True
-        elif self.nl_hold is None:  # the first text of a continued call joins with one space
-            text = text.lstrip()
-            if not text:
-                return
-            self.nl_hold = " "
-        pending = self.nl_hold + text
-        shown = pending.rstrip()
-        self.nl_hold = pending[len(shown) :]
-        if shown:
-            stream.nl(self.unit, shown)
-
-    def restart(self, prompt_ids: list[int]) -> None:
-        """Decode a new prompt in this slot from scratch (a continuation or the next step)."""
-        self.pending, self.fresh = list(prompt_ids), True
-        self.sampler.restart()
 
 
 # What the decoder hands each sequence's logits to: True when the sequence is finished.

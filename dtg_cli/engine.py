@@ -12,50 +12,29 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
 
 from dtg_cli import llama
-from dtg_cli.decoding import MIN_HEAD, Decoder, Sequence
+from dtg_cli.decoding import MIN_HEAD, Decoder
 from dtg_cli.errors import SettingError, UsageError, setting
 from dtg_cli.families import detect, formats
 from dtg_cli.family import Step
 from dtg_cli.outcomes import Outcome, Result, Stream, Task
+from dtg_cli.reading import UnknownTags, read
 from dtg_cli.registry import accepting, registry
+from dtg_cli.rendering import render
 from dtg_cli.sampler import BanMask
 from dtg_cli.scheduler import Source, schedule
+from dtg_cli.sequence import Prepared, Sequence
 from dtg_cli.settings import Request, Sampling
 from dtg_cli.stepping import Stepper
-from dtg_cli.tags import Layout, UnknownTags, compile_bans, read, render
+from dtg_cli.tagtext import compile_bans
 
 log = logging.getLogger("dtg")
-
-
-@dataclass
-class Prepared:
-    """A task with its prompt built and tokenized, ready to be decoded once per variant."""
-
-    task: Task
-    index: int
-    request: Request
-    sampling: Sampling
-    seeds: tuple[int, ...]
-    prompt: str
-    input_ids: list[int]
-    head: list[int]  # the tokens every prompt of the request's conditions starts with (`Generator._head_of`)
-    general: list[str]
-    layout: Layout  # what the user wrote, to write the result back in
-    banned: Callable[[str], bool]
-    bias: np.ndarray | None
-    minimum: int  # general tags in a result, input included (`PromptFormat.tag_count_range`)
-    maximum: int | None
-    conditions: dict
-    steps: tuple[Step, ...]  # the model calls of each result (`PromptFormat.steps`)
-    retries: int  # continuations of a step that stops below its minimum
-    sentences: tuple[int, int | None] = (0, None)  # a written caption's sentences (min, max)
 
 
 class Generator:

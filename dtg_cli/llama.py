@@ -123,7 +123,7 @@ class Model:
         """llama.cpp's own tokenization (SentencePiece models only)."""
         if not self.has_text_vocab:
             # llama.cpp aborts the process on any text call with a vocabulary of type none.
-            raise ModelFileError(f"{self.path}: this model has no llama.cpp tokenizer; use dtg_cli.tokenizer")
+            raise ModelFileError(f"{self.path}: this model has no llama.cpp tokenizer; use dtg_cli.wordlevel")
         data = text.encode("utf-8")
         capacity = len(data) + 8
         tokens = (self._lib.llama_token * capacity)()
@@ -168,7 +168,7 @@ class Model:
     def piece(self, token: int) -> bytes:
         """The bytes one token stands for (SentencePiece models only); special tokens give b""."""
         if not self.has_text_vocab:
-            raise ModelFileError(f"{self.path}: this model has no llama.cpp tokenizer; use dtg_cli.tokenizer")
+            raise ModelFileError(f"{self.path}: this model has no llama.cpp tokenizer; use dtg_cli.wordlevel")
         buf = ctypes.create_string_buffer(64)
         n = self._lib.llama_token_to_piece(self.vocab, token, buf, 64, 0, False)
         if n < 0:

@@ -6,8 +6,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dtg_cli.errors import DtgError
+from dtg_cli.reading import Layout
+from dtg_cli.rendering import Style, render
 from dtg_cli.settings import Request
-from dtg_cli.tags import Layout, Style, render
 
 
 @dataclass
@@ -37,7 +38,7 @@ class Result:
     timings: dict
     continuations: list[dict] = field(default_factory=list)  # retries below a length's minimum: prompt and ids each
     conditions: dict = field(default_factory=dict)  # the conditions the prompt was built with, defaults included
-    layout: Layout | None = field(default=None, repr=False)  # what the user wrote, for `dtg_cli.tags.render`
+    layout: Layout | None = field(default=None, repr=False)  # what the user wrote, for `dtg_cli.rendering.render`
     nl: str | None = None  # the caption: written by the model (TIPO --write nl|both) or given (--nl)
     steps: list[dict] = field(default_factory=list)  # every model call: task, prompt, input_ids, output_ids, text
 

@@ -9,7 +9,7 @@ from typing import IO, Any
 
 from dtg_cli.errors import DtgError, UsageError
 from dtg_cli.outcomes import Result
-from dtg_cli.tags import Style
+from dtg_cli.rendering import Style
 
 KINDS = ("text", "json", "jsonl")
 

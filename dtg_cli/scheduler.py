@@ -13,14 +13,17 @@ import queue
 import threading
 from collections import deque
 from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
-from dtg_cli.decoding import Sequence
+import numpy as np
+
+from dtg_cli.decoding import Decoder
 from dtg_cli.errors import DtgError, SettingError, setting
-from dtg_cli.outcomes import Outcome, Stream, Task
+from dtg_cli.outcomes import Outcome, Result, Stream, Task
+from dtg_cli.sequence import Prepared, Sequence
 
 if TYPE_CHECKING:
-    from dtg_cli.engine import Generator, Prepared
+    from dtg_cli.llama import Model
 
 log = logging.getLogger("dtg")
 
@@ -51,6 +54,22 @@ def default_parallel(model, n_ctx_seq: int) -> int:
     cap = GPU_PARALLEL if model.offloads else CPU_PARALLEL
     by_memory = kv_budget() // (model.kv_bytes_per_token * n_ctx_seq)
     return max(1, min(cap, by_memory, model.max_sequences() - 1))
+
+
+class Runner(Protocol):
+    """What `schedule` asks of the generator it runs for (`dtg_cli.engine.Generator`)."""
+
+    model: Model  # its sizes choose the run's shape
+
+    def prepare(self, task: Task, index: int) -> Prepared: ...
+
+    def decoder(self, parallel: int, n_ctx_seq: int) -> Decoder: ...
+
+    def sequence(self, prepared: Prepared, variant: int, slot: int) -> Sequence: ...
+
+    def advance(self, s: Sequence, logits: np.ndarray, stream: Stream | None) -> bool: ...
+
+    def result(self, s: Sequence) -> Result: ...
 
 
 END = object()  # a source has no more items
@@ -107,7 +126,7 @@ class IterSource(Source):
 
 
 def schedule(
-    generator: Generator, items: Iterable | Source, *, parallel: int | None, most: int | None, stream: Stream | None
+    generator: Runner, items: Iterable | Source, *, parallel: int | None, most: int | None, stream: Stream | None
 ) -> Iterator[Outcome]:
     """Generate for every `Task` of `items`, up to `parallel` sequences in one decode; a finished sequence's
     slot takes the next waiting one at once. Outcomes come back in input order; items that are not tasks

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from dtg_cli.errors import SettingError, UsageError, setting
-from dtg_cli.tags import compile_bans, split_tags
+from dtg_cli.tagtext import compile_bans, split_tags
 
 RATINGS = ("sfw", "general", "sensitive", "nsfw", "questionable", "explicit")
 LENGTHS = ("very_short", "short", "medium", "long", "very_long")
@@ -150,7 +150,7 @@ SETTINGS: tuple[Setting, ...] = (
 SETTING = {s.name: s for s in SETTINGS}
 CONDITIONS = tuple(s.name for s in SETTINGS if s.group == "condition" and s.name not in ("width", "height"))  # Request fields
 SAMPLING = tuple(s.name for s in SETTINGS if s.group == "sampling")
-# The Request fields that hold one value (the tag lists are read by `dtg_cli.tags.read`; width and height
+# The Request fields that hold one value (the tag lists are read by `dtg_cli.reading.read`; width and height
 # become aspect_ratio in `Request.from_options`).
 SINGLE_VALUED = tuple(
     s.name for s in SETTINGS if s.group != "sampling" and s.kind not in ("tags", "patterns") and s.name not in ("width", "height")
@@ -206,7 +206,7 @@ class Sampling:
 
 @dataclass(frozen=True)
 class Request:
-    """One prompt to generate from. Tags are kept as given; `dtg_cli.tags.clean` tidies them."""
+    """One prompt to generate from. Tags are kept as given; `dtg_cli.reading.read` tidies them."""
 
     tags: tuple[str, ...] = ()
     copyright: tuple[str, ...] = ()

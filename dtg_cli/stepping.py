@@ -14,8 +14,8 @@ from dtg_cli.family import Step, sentences
 if TYPE_CHECKING:
     import numpy as np
 
-    from dtg_cli.decoding import Sequence
     from dtg_cli.outcomes import Stream
+    from dtg_cli.sequence import Sequence
 
 
 class Stepper:

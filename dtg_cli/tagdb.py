@@ -2,7 +2,7 @@
 
 `dtg_cli/data/danbooru_tags.bin` is built from the tagcomplete project's danbooru.csv (see the NOTICE
 beside it) by `python -m dtg_cli.tagdb build CSV OUT`. It holds these sections, uncompressed (the wheel
-and git compress the file; decompressing it here cost 20 ms of every `dtg generate`):
+and git compress the file; decompressing it would be paid by every `dtg generate`):
 
     keys      every tag's lookup key (lower case, underscores as spaces), sorted, one per line
     keys_bounds

@@ -1,7 +1,7 @@
 """The tokenizers the engine uses: a prompt to token ids, and generated ids back to tags.
 
 Two kinds exist: `TagTokenizer`, a one-token-per-tag vocabulary that dtg tokenizes itself (Dart v2's
-tokenizer.json, through `dtg_cli.tokenizer.WordLevelTokenizer`), and `TextTokenizer`, a vocabulary that
+tokenizer.json, through `dtg_cli.wordlevel.WordLevelTokenizer`), and `TextTokenizer`, a vocabulary that
 llama.cpp tokenizes (SentencePiece: DanTagGen). Both keep a prompt's control tokens apart (`Prompt`).
 """
 
@@ -11,8 +11,8 @@ import codecs
 from collections.abc import Callable
 
 from dtg_cli.errors import ModelFileError
-from dtg_cli.family import Prompt
-from dtg_cli.tokenizer import WordLevelTokenizer
+from dtg_cli.prompt import Prompt
+from dtg_cli.wordlevel import WordLevelTokenizer
 
 
 class Tokenizer:

@@ -8,7 +8,7 @@ import pytest
 from dtg_cli.convert import convert, parse_quants
 from dtg_cli.convert.hf_to_gguf import permute_for_rope
 from dtg_cli.errors import CheckpointError, DtgError, UsageError
-from dtg_cli.tokenizer import WordLevelTokenizer
+from dtg_cli.wordlevel import WordLevelTokenizer
 from tests.checkpoints import TINY
 
 

@@ -6,11 +6,12 @@ import pytest
 
 from dtg_cli import families
 from dtg_cli.errors import ModelFileError, UsageError
-from dtg_cli.family import ONE_STEP, Control, Family, Prompt, Step
+from dtg_cli.family import ONE_STEP, Family, Step
 from dtg_cli.gguf_header import read_metadata
+from dtg_cli.prompt import Control, Prompt
 from dtg_cli.settings import Request, Sampling
-from dtg_cli.tokenizer import HF_JSON_KEY
 from dtg_cli.tokenizers import TagTokenizer
+from dtg_cli.wordlevel import HF_JSON_KEY
 
 
 @pytest.mark.parametrize("kind, family", [("dart-moe", "dart-v2"), ("dart-dense", "dart-v2"), ("dantaggen", "dantaggen")])

@@ -102,7 +102,7 @@ def test_dantaggen_continues_when_it_stops_short(generators, monkeypatch):
             calls.append(1)
             return 2 if len(calls) % 5 == 0 else super().__call__(logits)  # </s> every fifth token
 
-    monkeypatch.setattr("dtg_cli.decoding.Sampler", StopsEarly)
+    monkeypatch.setattr("dtg_cli.sequence.Sampler", StopsEarly)
     r = run(g, "1girl", length="very_long", sampling={"seed": 1, "max_new_tokens": 50})[0]
     assert r.stop == "eos" and len(r.output_ids) == 5 and r.output_ids[-1] == 2
     assert len(r.continuations) == 3
@@ -132,7 +132,7 @@ def test_dantaggen_medium_stops_before_thirty_tags(generators, monkeypatch):
             n = next(counter)
             return comma if n % 2 else words[n // 2 % len(words)]
 
-    monkeypatch.setattr("dtg_cli.decoding.Sampler", Tags)
+    monkeypatch.setattr("dtg_cli.sequence.Sampler", Tags)
     r = run(g, "1girl, solo", length="medium", sampling={"seed": 1, "max_new_tokens": 200})[0]
     assert r.stop == "length" and len(r.input_tags) + len(r.new_tags) == 29
 
@@ -145,7 +145,7 @@ def test_stop_token_ends_generation(generators, monkeypatch):
         def __call__(self, logits):
             return 7 if next(counter) == 3 else super().__call__(logits)  # </general>
 
-    monkeypatch.setattr("dtg_cli.decoding.Sampler", Ends)
+    monkeypatch.setattr("dtg_cli.sequence.Sampler", Ends)
     r = run(g, sampling={"seed": 1, "max_new_tokens": 50})[0]
     assert r.stop == "eos" and r.output_ids[-1] == 7 and len(r.output_ids) == 4
 

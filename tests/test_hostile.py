@@ -72,7 +72,7 @@ def result_of(model, *args):
 
 
 def test_dart_user_text_never_becomes_a_control_token(dart):
-    from dtg_cli.tokenizer import WordLevelTokenizer
+    from dtg_cli.wordlevel import WordLevelTokenizer
 
     tok = WordLevelTokenizer.from_gguf(dart)
     plain, _ = result_of(dart, "1girl, cat ears", "--rating", "sfw", "--copyright", "vocaloid")
@@ -129,8 +129,8 @@ def test_plain_prompts_keep_the_ids_of_the_whole_prompt_string(dtg, prompt_forma
 def test_dart_plain_prompts_keep_their_ids(dart):
     from dtg_cli.families import formats
     from dtg_cli.settings import Request
-    from dtg_cli.tokenizer import HF_JSON_KEY, read_gguf_string
     from dtg_cli.tokenizers import TagTokenizer
+    from dtg_cli.wordlevel import HF_JSON_KEY, read_gguf_string
 
     tokenizer = TagTokenizer(read_gguf_string(dart, HF_JSON_KEY))
     for fmt in (formats()["dart-v2-sft"], formats()["dart-v2-base"]):

@@ -108,7 +108,7 @@ def dart_prompts(count: int) -> list[str]:
 def test_dart_tokenizer_from_the_gguf_matches_hf(checkpoints, ggufs):
     from tokenizers import Tokenizer
 
-    from dtg_cli.tokenizer import WordLevelTokenizer
+    from dtg_cli.wordlevel import WordLevelTokenizer
 
     reference = Tokenizer.from_file(str(checkpoints["dart-moe"] / "tokenizer.json"))
     ours = WordLevelTokenizer.from_gguf(ggufs["dart-moe"]["q8_0"])

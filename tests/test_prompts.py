@@ -8,8 +8,8 @@ import pytest
 
 from dtg_cli.families import formats
 from dtg_cli.families.dart_v2 import dart_aspect_bucket
+from dtg_cli.reading import read
 from dtg_cli.settings import Request
-from dtg_cli.tags import read
 
 FORMATS = formats()
 
@@ -88,7 +88,7 @@ def test_dart_aspect_ratio_buckets(ratio, bucket):
     ],
 )  # fmt: skip
 def test_dart_sft_token_ids(ggufs, options, expected):
-    from dtg_cli.tokenizer import WordLevelTokenizer
+    from dtg_cli.wordlevel import WordLevelTokenizer
 
     tokenizer = WordLevelTokenizer.from_gguf(ggufs["dart-moe"]["f16"])
     rating, aspect, length, identity = expected
@@ -97,7 +97,7 @@ def test_dart_sft_token_ids(ggufs, options, expected):
 
 
 def test_dart_conditions_are_single_tokens(ggufs):
-    from dtg_cli.tokenizer import WordLevelTokenizer
+    from dtg_cli.wordlevel import WordLevelTokenizer
 
     tokenizer = WordLevelTokenizer.from_gguf(ggufs["dart-moe"]["f16"])
     ids = tokenizer.encode(build(SFT, "1girl, cat ears", copyright="vocaloid", character="hatsune miku"))

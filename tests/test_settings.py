@@ -4,7 +4,7 @@ from dtg_cli.errors import SettingError, UsageError
 from dtg_cli.families import named
 from dtg_cli.registry import parse_registry, registry
 from dtg_cli.settings import Request, Sampling, parse_aspect_ratio
-from dtg_cli.tags import compile_bans, escape, split_tags
+from dtg_cli.tagtext import compile_bans, escape, split_tags
 
 
 @pytest.mark.parametrize(

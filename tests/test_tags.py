@@ -4,11 +4,14 @@ import json
 
 import pytest
 
+from dtg_cli.categories import identify, parse_template
 from dtg_cli.errors import UsageError
 from dtg_cli.families import formats
+from dtg_cli.reading import read
+from dtg_cli.rendering import Style, render
 from dtg_cli.settings import Request
 from dtg_cli.syntax import Emphasis, Piece, parse
-from dtg_cli.tags import Style, escape, identify, parse_template, read, render
+from dtg_cli.tagtext import escape
 from tests.checkpoints import dart_vocab
 from tests.test_cli import assert_one_line_error, run
 
@@ -371,7 +374,7 @@ def test_tags_search_without_a_match_exits_1():
 
 
 def test_stream_parts_split_the_line_where_new_tags_go():
-    from dtg_cli.tags import stream_parts
+    from dtg_cli.rendering import stream_parts
 
     layout = layout_of("(1girl:1.1), <lora:a:1>, BREAK, solo, <lora:b:1>")
     before, after = stream_parts(layout, Style())

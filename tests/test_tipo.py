@@ -49,7 +49,7 @@ def _request(tags="", **options):
 
 def test_the_issue_example_prompt(generator):
     """The training format: given fields only, in order, `aspect ratio` with a space, no defaults."""
-    from dtg_cli.tags import read
+    from dtg_cli.reading import read
 
     options = {"rating": "general", "aspect_ratio": 0.7, "length": "long"}
     request = read(_request("1girl, cat ears, hatsune miku, vocaloid, highres", **options), TIPO.accepts).request
@@ -276,7 +276,9 @@ def test_pull_downloads_the_f16_and_quantizes_it_once(ggufs, tmp_path):
 
 
 def test_the_caption_ends_the_line_or_takes_its_place_in_the_template():
-    from dtg_cli.tags import Style, parse_template, read, render
+    from dtg_cli.categories import parse_template
+    from dtg_cli.reading import read
+    from dtg_cli.rendering import Style, render
 
     layout = read(_request("1girl, cat ears, highres"), TIPO.accepts).layout
     caption = "A girl (smiling) in a field."
@@ -348,15 +350,15 @@ def test_a_short_caption_is_continued_with_the_caption_it_was_given(generator):
         def restart(self):
             self.at = 0
 
-    import dtg_cli.decoding
+    import dtg_cli.sequence
 
-    original = dtg_cli.decoding.Sampler
-    dtg_cli.decoding.Sampler = Writes
+    original = dtg_cli.sequence.Sampler
+    dtg_cli.sequence.Sampler = Writes
     try:
         request = Request.from_options("", nl=CAPTION, write="nl", length="very_long", retries=2, sampling=Sampling(seed=5))
         (result,) = generator.generate(request)
     finally:
-        dtg_cli.decoding.Sampler = original
+        dtg_cli.sequence.Sampler = original
     assert [c["prompt"] for c in result.continuations] == [
         f"target: <|short_to_long|>\nshort: {CAPTION}\nlong: She smiles.",
         f"target: <|short_to_long|>\nshort: {CAPTION}\nlong: She smiles. She smiles.",

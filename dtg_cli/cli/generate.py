@@ -63,7 +63,7 @@ def generate(
     from dtg_cli.errors import UsageError
     from dtg_cli.output import check_kind
     from dtg_cli.settings import Request
-    from dtg_cli.tags import split_tags
+    from dtg_cli.tagtext import split_tags
 
     setup_logging(verbose)
     check_kind(output_format)

@@ -66,7 +66,8 @@ Underscores = Annotated[
 
 
 def _style(order: str | None, template: str | None, escape_tags: bool | None, underscores: bool):
-    from dtg_cli.tags import DEFAULT_TEMPLATE, Style, parse_template
+    from dtg_cli.categories import DEFAULT_TEMPLATE, parse_template
+    from dtg_cli.rendering import Style
 
     return Style(
         order=order or ("category" if template else "model"),

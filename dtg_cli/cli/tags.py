@@ -34,8 +34,8 @@ def tags_check(
 
     from dtg_cli.output import check_kind
     from dtg_cli.quants import parse_quant
+    from dtg_cli.reading import check_tags
     from dtg_cli.store import tag_vocabulary
-    from dtg_cli.tags import check_tags
 
     output_format = check_kind(output_format, TABLE_FORMATS)
     if tags == "-":

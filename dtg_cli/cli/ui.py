@@ -9,8 +9,8 @@ from pathlib import Path
 
 
 class _LazyConsole:
-    """rich's Console for stderr, made on first use: importing rich.console costs about 40 ms, which a
-    command that prints nothing on stderr (--version, most --help) need not pay."""
+    """rich's Console for stderr, made on first use: importing rich.console is a large part of start-up,
+    which a command that prints nothing on stderr (--version, most --help) need not pay."""
 
     _console = None
 
@@ -31,8 +31,8 @@ err = _LazyConsole()
 
 def may_be_terminal(stream) -> bool:
     """False only where rich's Console would find no terminal: a stream that is not a tty, and none of the
-    variables that make rich treat one as a terminal. Asked before rich is imported (about 40 ms), which
-    output to a pipe or a file then never pays."""
+    variables that make rich treat one as a terminal. Asked before rich is imported, which output to a
+    pipe or a file then never pays for."""
     if os.environ.get("TTY_COMPATIBLE") == "1" or os.environ.get("FORCE_COLOR") is not None:
         return True
     try:
@@ -186,7 +186,7 @@ class LiveLine:
 
     def _end_tags(self) -> None:
         """Show the text that follows the new tags (what the user wrote after them), once."""
-        from dtg_cli.tags import stream_parts
+        from dtg_cli.rendering import stream_parts
 
         if not self.ended:
             after = stream_parts(self.layout, self.out.style)[1]
@@ -206,7 +206,7 @@ class LiveLine:
             self._show(self.units[0])
 
     def _show(self, unit) -> None:
-        from dtg_cli.tags import stream_parts
+        from dtg_cli.rendering import stream_parts
 
         self.layout, new, caption = self.waiting.pop(unit)
         before = stream_parts(self.layout, self.out.style)[0]

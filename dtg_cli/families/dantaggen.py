@@ -7,9 +7,10 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from dtg_cli.family import Control, Family, Prompt, Step, TagsOnly
+from dtg_cli.family import Family, Step, TagsOnly
+from dtg_cli.prompt import Control, Prompt
 from dtg_cli.settings import DEFAULT_ASPECT_RATIO, DEFAULT_LENGTH, DEFAULT_RATING, Request, Sampling
-from dtg_cli.tags import is_special
+from dtg_cli.tagtext import is_special
 from dtg_cli.tokenizers import TextTokenizer
 
 log = logging.getLogger("dtg")

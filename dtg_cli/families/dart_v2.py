@@ -8,10 +8,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from dtg_cli.family import Control, Family, Prompt, Step, TagsOnly
+from dtg_cli.family import Family, Step, TagsOnly
+from dtg_cli.prompt import Control, Prompt
 from dtg_cli.settings import DEFAULT_ASPECT_RATIO, DEFAULT_IDENTITY, DEFAULT_LENGTH, DEFAULT_RATING, Request, Sampling
-from dtg_cli.tokenizer import HF_JSON_KEY
 from dtg_cli.tokenizers import TagTokenizer
+from dtg_cli.wordlevel import HF_JSON_KEY
 
 
 def dart_aspect_bucket(ratio: float) -> str:

@@ -11,9 +11,10 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from dtg_cli.family import Control, Family, Prompt, Step
+from dtg_cli.family import Family, Step
+from dtg_cli.prompt import Control, Prompt
 from dtg_cli.settings import Request, Sampling
-from dtg_cli.tags import is_special
+from dtg_cli.tagtext import is_special
 from dtg_cli.tokenizers import TextTokenizer
 
 # dtg's lengths as TIPO's length tokens: medium asks for long and is capped, as for DanTagGen.

@@ -1,0 +1,104 @@
+"""Writing a result back: `render` gives a result as one line in the user's syntax (emphasis, networks
+and BREAK where they were), in the order and form a `Style` asks for."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+
+from dtg_cli.categories import DEFAULT_TEMPLATE, identify
+from dtg_cli.errors import UsageError
+from dtg_cli.reading import Item, Layout
+from dtg_cli.syntax import Piece
+from dtg_cli.tagtext import escape
+
+ORDERS = ("model", "alpha", "category")
+
+
+@dataclass(frozen=True)
+class Style:
+    """How results are written: tag order, category template, escaping (None: when the prompt used
+    web-UI syntax) and underscores."""
+
+    order: str = "model"
+    template: tuple[str, ...] = DEFAULT_TEMPLATE
+    escape: bool | None = None
+    underscores: bool = False
+
+    def __post_init__(self):
+        if self.order not in ORDERS:
+            raise UsageError(f"--order: {self.order!r} is not one of {', '.join(ORDERS)}")
+
+    def tag(self, name: str, layout: Layout) -> str:
+        if self.underscores:
+            name = name.replace(" ", "_")
+        if self.escape if self.escape is not None else layout.webui:
+            name = escape(name)
+        return name
+
+
+def render(layout: Layout, new_tags: Iterable[str], style: Style = Style(), nl: str | None = None) -> tuple[str, list[str]]:
+    """A result as one line in the user's syntax, and its tags in that order (escaped and underscored as
+    the style says, without emphasis). A caption (`nl`) ends the line, or takes the place of `nl` in the
+    template with order `category`.
+
+    Emphasis stays on its tag, and networks, BREAK and prompt-editing groups stay where they were. New
+    tags join the last BREAK section: after its last tag (order `model`), or sorted in with the others
+    (`alpha`, `category`). In a sorted section the tags come first, then its networks. With `category`,
+    a category the template leaves out is left out of the output.
+    """
+    from dtg_cli.tagdb import key
+
+    new = [Item(Piece("tag", t), replace(identify(t), name=t)) for t in new_tags]  # as the model wrote them
+    sections: list[list[Item]] = [[*layout.fixed]]
+    breaks: list[Item] = []
+    for item in layout.items:
+        if item.piece.kind == "break":
+            breaks.append(item)
+            sections.append([])
+        else:
+            sections[-1].append(item)
+    last = sections[-1]
+    placed = nl is not None and style.order == "category" and "nl" in style.template
+    if placed:
+        new.append(Item(Piece("caption", nl), replace(identify("caption"), category="nl")))
+    if style.order == "model":
+        at = max((i + 1 for i, item in enumerate(last) if item.is_tag), default=0)
+        last[at:at] = new
+    else:
+        last.extend(new)
+        for n, section in enumerate(sections):
+            tags = [i for i in section if i.is_tag]
+            if style.order == "alpha":
+                tags.sort(key=lambda i: key(i.known.name))
+            else:
+                rank = {c: r for r, c in enumerate(style.template)}
+                tags = sorted((i for i in [*tags, *_captions(section)] if i.known.category in rank), key=lambda i: rank[i.known.category])
+            sections[n] = tags + [i for i in section if not i.is_tag and i.piece.kind != "caption"]
+    parts: list[str] = []
+    names: list[str] = []
+    for n, section in enumerate(sections):
+        if n:
+            parts.append(breaks[n - 1].piece.text)
+        for item in section:
+            if item.is_tag:
+                name = style.tag(item.known.name, layout)
+                names.append(name)
+                parts.append(item.piece.wrapped(name))
+            else:
+                parts.append(item.piece.text)
+    if nl and not placed:
+        parts.append(nl)
+    return ", ".join(parts), names
+
+
+def _captions(section: list[Item]) -> list[Item]:
+    return [i for i in section if i.piece.kind == "caption"]
+
+
+def stream_parts(layout: Layout, style: Style) -> tuple[str, str]:
+    """For showing a result while it is written (order `model` only): the text before the new tags and
+    the text after them."""
+    head, _ = render(layout, ["\x00"], style)  # a marker where the new tags go
+    before, _, after = head.partition("\x00")
+    return before.removesuffix(", "), after.removeprefix(", ")
