@@ -74,7 +74,7 @@ def test_every_decode_of_a_batch_has_one_shape(ggufs, kind):
 
 
 @pytest.mark.parametrize("kind", ["dart-moe", "dart-dense", "dantaggen", "tipo"])
-def test_results_do_not_depend_on_parallel(ggufs, kind):
+def test_the_engine_gives_the_same_results_at_any_parallel(ggufs, kind):
     results = {p: _run(ggufs[kind]["q8_0"], p, []) for p in (2, 3, 16)}
     assert results[2] == results[3] == results[16]
     assert any(len(ids) > 3 for ids in results[2])

@@ -47,7 +47,7 @@ def test_variants_equal_single_runs_with_consecutive_seeds(generators, kind):
 
 def test_random_seed_is_reported(generators):
     a, b = run(generators["dart-moe"], num=2, sampling={"max_new_tokens": 4})
-    assert 0 <= a.seed < 2**32 and b.seed == (a.seed + 1) % 2**32
+    assert 0 <= a.seed < 2**32 and b.seed == a.seed + 1  # a random base leaves room: seeds never wrap
 
 
 def test_dart_result_layout(generators):
