@@ -1,5 +1,5 @@
 """What dtg writes for a result: one record (the same keys whichever command wrote it) and one writer for
-text lines, a JSON array and JSON lines. The README's "Result records" section documents the keys."""
+text lines, a JSON array and JSON lines. docs/generate.md ("Result records") documents the keys."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from dtg_cli.errors import DtgError, UsageError
 from dtg_cli.outcomes import Result
 from dtg_cli.rendering import Style
 
-KINDS = ("text", "json", "jsonl")
+KINDS = ("text", "json", "jsonl")  # what dtg generate writes
+LINE_KINDS = ("text", "jsonl")  # one result a line: what dtg batch and dtg merge write
 
 
 def result_record(result: Result, style: Style = Style(), place: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -374,3 +374,25 @@ def test_derived_seeds_are_stable_and_distinct():
     assert derive_seed(0, 1, 0) == derive_seed(0, "1", 0)  # ids compare as text
     seeds = {derive_seed(b, i, v) for b in (0, 1) for i in range(50) for v in range(3)}
     assert len(seeds) == 300 and all(0 <= s < 2**32 for s in seeds)
+
+
+def test_a_run_that_fails_before_any_result_says_the_error_alone(dart, tmp_path):
+    """No summary of nothing (`0 records ...`) before the error of a run that wrote nothing; a run that wrote
+    something says what it wrote, then the error."""
+    src = write(tmp_path / "bad.jsonl", '{"tags": 3}\n{"tags": "1girl"}\n')
+    result = run("batch", src, "-m", dart, "--max-new-tokens", 4)
+    assert_one_line_error(result, f"{src}:1: tags: 3 must be a string")
+    assert "records," not in result.stderr
+    src = write(tmp_path / "late.jsonl", '{"tags": "1girl"}\n{"tags": 3}\n')
+    result = run("batch", src, "-m", dart, "--max-new-tokens", 4)
+    assert result.exit_code == 1 and result.stderr.strip().splitlines()[-2].startswith("1 records, 1 results, 4 new tags in ")
+
+
+def test_a_summary_without_time_has_no_rate():
+    from dtg_cli.batch import Summary
+
+    assert Summary(base_seed=3).line() == "0 records, 0 results, 0 new tags in 0.0 s; base seed 3"
+    assert (
+        Summary(records=2, results=2, tags=8, elapsed_s=2.0).line()
+        == "2 records, 2 results, 8 new tags in 2.0 s (1.00 records/s, 4 tags/s); base seed 0"
+    )

@@ -124,7 +124,8 @@ def batch(
         err.print(f"[red]interrupted[/]{escape(where)}", soft_wrap=True)
         raise typer.Exit(130) from None
     except DtgError:
-        err.print(escape(summary.line()), soft_wrap=True)
+        if summary.records:  # what was written before the error; a run that wrote nothing says the error alone
+            err.print(escape(summary.line()), soft_wrap=True)
         raise
     err.print(escape(summary.line()), soft_wrap=True)
     summary_line = generator.unknown.summary()
@@ -146,9 +147,9 @@ def merge(
 
     A result found in two files, or a record found in none, stops the merge with an error."""
     from dtg_cli import batch as batching
-    from dtg_cli.output import check_kind
+    from dtg_cli.output import LINE_KINDS, check_kind
 
-    check_kind(output_format, ("jsonl", "text"))
+    check_kind(output_format, LINE_KINDS)
     out = sys.stdout.buffer if hasattr(sys.stdout, "buffer") else None
     for record, raw in batching.merge([str(f) for f in files], allow_gaps=allow_gaps):
         if output_format == "text":
