@@ -8,7 +8,7 @@ For each model it expands the same prompts (random popular Danbooru tags, 3 to 8
 `dtg batch` process with --parallel 1 and one with the default, and reports records/s and new tags/s
 (from the run's own summary line, model loading excluded), the whole process's wall time and its peak
 resident memory (rusage maxrss). It checks that the default run's first --same-records results equal a
-`--parallel 2` run's on those prompts (what the README states). A Python process then
+`--parallel 2` run's on those prompts (what docs/determinism.md states). A Python process then
 loads the same checkpoint in transformers once and generates, one prompt at a time, as many new tokens
 per record as dtg's budget, for the first --loop-records prompts. Last, the default run of Dart is
 repeated on inputs of growing size (fewer new tokens, to keep it short) to show that memory stays flat.

@@ -38,7 +38,7 @@ def test_txt_input_one_line_per_result_in_order(dart, tmp_path):
 
 @pytest.mark.parametrize("kind", ["dart-moe", "dantaggen"])
 def test_batch_files_give_the_same_output_at_any_parallel(ggufs, kind, tmp_path):
-    """What the README states: with Q8_0 on a CPU, any --parallel from 2 up gives the same output, whatever
+    """What docs/determinism.md states: with Q8_0 on a CPU, any --parallel from 2 up gives the same output, whatever
     is decoded beside a record. The ratings change from record to record, so that the shared prompt head
     changes too, and the records are also run in reverse order."""
     ratings = ["general", "sensitive", "general", "explicit"]

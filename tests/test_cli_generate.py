@@ -26,7 +26,7 @@ def test_text_output_is_one_clean_line(dart):
     assert "<|" not in line and result.stderr == ""  # no llama.cpp log, no special tokens
 
 
-# The keys of a result record, as the README documents them; dtg batch writes the same after its own four.
+# The keys of a result record, as docs/generate.md documents them; dtg batch writes the same after its own four.
 RESULT_KEYS = [
     "seed", "model", "conditions", "sampling", "input_tags", "new_tags", "tags", "text", "nl", "stop",
     "prompt", "input_ids", "output_ids", "continuations", "steps",
