@@ -14,6 +14,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from dtg_cli import jsontext
 from dtg_cli.errors import CheckpointError
 
 log = logging.getLogger("dtg")
@@ -101,8 +102,8 @@ class ModelConfig:
         if not path.is_file():
             raise CheckpointError(f"{directory}: no config.json; is this a Hugging Face checkpoint directory?")
         try:
-            cfg = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            cfg = jsontext.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, jsontext.BadJSON) as e:
             raise CheckpointError(f"{path}: not a readable JSON file ({e})") from e
         if not isinstance(cfg, dict):
             raise CheckpointError(f"{path}: not a model configuration (a JSON object)")

@@ -6,13 +6,13 @@ memory of a conversion stays at about one tensor, whatever the checkpoint's size
 
 from __future__ import annotations
 
-import json
 import struct
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from dtg_cli import jsontext
 from dtg_cli.errors import CheckpointError
 
 SINGLE_FILE = "model.safetensors"
@@ -42,11 +42,11 @@ def _read_header(path: Path) -> list[TensorEntry]:
             (header_len,) = struct.unpack("<Q", prefix)
             if header_len > min(_MAX_HEADER, size - 8):
                 raise CheckpointError(f"{path}: corrupt or truncated safetensors header; download it again")
-            header = json.loads(f.read(header_len))
+            header = jsontext.loads(f.read(header_len))
     except OSError as e:
         raise CheckpointError(f"{path}: cannot read ({e.strerror})") from e
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path}: corrupt safetensors header; download it again") from e
+    except (UnicodeDecodeError, jsontext.BadJSON) as e:
+        raise CheckpointError(f"{path}: corrupt safetensors header ({e}); download it again") from e
     if not isinstance(header, dict):
         raise CheckpointError(f"{path}: corrupt safetensors header; download it again")
 
@@ -81,7 +81,7 @@ class SafetensorsCheckpoint:
         single = self.directory / SINGLE_FILE
         if index.is_file():
             try:
-                weight_map = json.loads(index.read_text())["weight_map"]
+                weight_map = jsontext.loads(index.read_text())["weight_map"]
                 shards = sorted(set(weight_map.values()))
             except (OSError, ValueError, KeyError, TypeError) as e:
                 raise CheckpointError(f"{index}: unreadable safetensors index") from e

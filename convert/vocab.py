@@ -15,6 +15,7 @@ import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dtg_cli import jsontext
 from dtg_cli.errors import CheckpointError
 
 log = logging.getLogger("dtg")
@@ -123,9 +124,9 @@ def _read_text(path: Path) -> str:
 
 def _read_json(path: Path):
     try:
-        return json.loads(_read_text(path))
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{path}: not valid JSON ({e}); download it again") from e
+        return jsontext.loads(_read_text(path))
+    except jsontext.BadJSON as e:
+        raise CheckpointError(f"{path}: {e}; download it again") from e
 
 
 def _added_tokens(directory: Path) -> dict[int, tuple[str, bool]]:
@@ -421,9 +422,9 @@ def load_vocab(directory: Path, vocab_size: int) -> SentencePieceVocab | WordLev
         )
     text = _read_text(path)
     try:
-        data = _object(json.loads(text), path)
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{path}: not valid JSON ({e}); download it again") from e
+        data = _object(jsontext.loads(text), path)
+    except jsontext.BadJSON as e:
+        raise CheckpointError(f"{path}: {e}; download it again") from e
     model = data.get("model")
     kind = model.get("type") if isinstance(model, dict) else None
     if kind == "WordLevel":

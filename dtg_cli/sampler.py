@@ -14,6 +14,9 @@ class Sampler:
     """Temperature, top-k, top-p and min-p, in that order (as transformers applies them); 0 °C is argmax."""
 
     WINDOW = 64  # generated tokens the repeat penalty looks back on (llama-cpp-python's last_n_tokens_size)
+    # Below this temperature a token other than the likeliest has a probability under e^-10000 per unit of
+    # logit gap, so sampling is greedy; dividing by a temperature near the smallest float would overflow.
+    GREEDY_BELOW = 1e-4
 
     def __init__(self, settings: Sampling, seed: int, bias: np.ndarray | None = None):
         self.s = settings
@@ -38,7 +41,7 @@ class Sampler:
             x = np.array(x, dtype=np.float32)
             ids = np.fromiter(set(self.recent), dtype=np.int64)
             x[ids] = np.where(x[ids] > 0, x[ids] / penalty, x[ids] * penalty)
-        if self.s.temperature == 0:
+        if self.s.temperature < self.GREEDY_BELOW:
             return int(np.argmax(x))
         k = self.s.top_k
         # Top-k first, on the raw logits (a positive temperature keeps their order): the float64 work

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from dtg_cli.errors import SettingError, UsageError, setting
+from dtg_cli.syntax import MAX_PROMPT_CHARS
 from dtg_cli.tagtext import compile_bans, split_tags
 
 RATINGS = ("sfw", "general", "sensitive", "nsfw", "questionable", "explicit")
@@ -38,6 +39,20 @@ def _is_number(value: Any) -> bool:
     return not isinstance(value, bool) and isinstance(value, (int, float))
 
 
+def _is_integer(value: Any) -> bool:
+    """An int, or a float with no fraction (JSON's 2.0); never converted, so a 5,000-digit int is one too."""
+    return (isinstance(value, int) and not isinstance(value, bool)) or (isinstance(value, float) and value.is_integer())
+
+
+def shown(value: Any) -> str:
+    """A value as an error message quotes it: an integer of hundreds of digits by its size (Python refuses
+    to write one of more than 4,300 digits), a long text cut."""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10**30:
+        return f"a number of about {int(value.bit_length() * 0.30103) + 1} digits"
+    text = repr(value)
+    return text if len(text) <= 200 else text[:200] + "..."
+
+
 # What each kind of setting accepts, and that in words.
 _TYPES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "tags": (_is_tags, "a string or a list of strings"),
@@ -45,7 +60,7 @@ _TYPES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "choice": (lambda v: isinstance(v, str), "a string"),
     "text": (lambda v: isinstance(v, str), "a string"),
     "aspect": (lambda v: isinstance(v, str) or _is_number(v), "a name, a number or W:H"),
-    "int": (lambda v: _is_number(v) and float(v).is_integer(), "an integer"),
+    "int": (_is_integer, "an integer"),
     "float": (_is_number, "a number"),
     "bool": (lambda v: isinstance(v, bool), "true or false"),
 }
@@ -71,7 +86,7 @@ class Setting:
         """Refuse a value of the wrong type, as JSON or TOML can give it (None is unset)."""
         fits, what = _TYPES[self.kind]
         if value is not None and not fits(value):
-            raise SettingError(f"{setting(self.name)}: {value!r} must be {what}")
+            raise SettingError(f"{setting(self.name)}: {shown(value)} must be {what}")
 
     def check(self, value: Any) -> Any:
         """A value of this setting, checked (type, choices, range) and normalised; None stays None."""
@@ -86,11 +101,13 @@ class Setting:
         if self.kind == "aspect":
             return parse_aspect_ratio(value)
         if self.kind == "text":
+            if len(value) > MAX_PROMPT_CHARS:  # bounded before anything reads it, as a prompt's tags are
+                raise SettingError(f"{setting(self.name)}: {len(value)} characters; a text holds at most {MAX_PROMPT_CHARS}")
             if not value.strip():
                 raise SettingError(f"{setting(self.name)}: an empty text; give a caption or leave it out")
             return " ".join(value.split())  # one line: a newline would start a new field of a prompt
-        if self.within is not None and not (math.isfinite(value) and self.within(value)):
-            raise SettingError(f"{setting(self.name)}: {value} must be {self.limits}")
+        if self.within is not None and not ((not isinstance(value, float) or math.isfinite(value)) and self.within(value)):
+            raise SettingError(f"{setting(self.name)}: {value if isinstance(value, float) else shown(value)} must be {self.limits}")
         return value
 
 
@@ -108,8 +125,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "aspect_ratio", "aspect", "condition", "ultra_tall, tall, square, wide, ultra_wide, a number (width/height) or W:H (default: tall)."
     ),
-    Setting("width", "int", "condition", "Image width; with --height, instead of --aspect-ratio."),
-    Setting("height", "int", "condition", "Image height."),
+    Setting("width", "int", "condition", "Image width; with --height, instead of --aspect-ratio.", within=lambda v: 1 <= v <= 1_000_000, limits="between 1 and 1000000"),
+    Setting("height", "int", "condition", "Image height.", within=lambda v: 1 <= v <= 1_000_000, limits="between 1 and 1000000"),
     Setting("length", "choice", "condition", "very_short, short, medium, long or very_long (default: long).", LENGTHS),
     Setting("identity", "choice", "condition", "Dart SFT: none, lax or strict, how closely to keep the given subjects (default: lax).", IDENTITIES),
     Setting("nl", "text", "condition", "TIPO: a natural-language prompt (a caption); TAGS may then be empty."),
@@ -121,7 +138,7 @@ SETTINGS: tuple[Setting, ...] = (
         "Sort a flat tag list into the prompt's fields (character, copyright, artist, rating, quality, general) by the tag "
         "database (default: on); a field's own flag wins.",
     ),
-    Setting("temperature", "float", "sampling", "0 is greedy (default: dart-v2 1.0, tipo 0.35, dantaggen 1.35).", within=lambda v: 0 <= v <= 100, limits="between 0 and 100", panel=_SAMPLING),
+    Setting("temperature", "float", "sampling", "0 (or below 0.0001) is greedy (default: dart-v2 1.0, tipo 0.35, dantaggen 1.35).", within=lambda v: 0 <= v <= 100, limits="between 0 and 100", panel=_SAMPLING),
     Setting("top_p", "float", "sampling", "Nucleus sampling, 1 is off (default: dart-v2 1.0, tipo 0.95, dantaggen 0.95).", within=lambda v: 0 < v <= 1, limits="in (0, 1]", panel=_SAMPLING),
     Setting("top_k", "int", "sampling", "Keep the k likeliest tokens, 0 is off (default: dart-v2 100, tipo 60, dantaggen 100).", within=lambda v: v >= 0, limits="0 or more", panel=_SAMPLING),
     Setting(
@@ -134,7 +151,7 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         "repeat_penalty", "float", "sampling", "llama.cpp's penalty on the last 64 generated tokens, 1 is off (default: dart-v2 1.0, tipo 1.17, dantaggen 1.0).",
-        within=lambda v: 0 < v <= 10, limits="in (0, 10]", panel=_SAMPLING,
+        within=lambda v: 0.01 <= v <= 10, limits="between 0.01 and 10", panel=_SAMPLING,
     ),
     Setting(
         "seed", "int", "sampling", "Seed of the first result (the next get seed+1, ...); default: random.",
@@ -162,9 +179,9 @@ def parse_aspect_ratio(value: str | float | int) -> float:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         ratio = float(value)
     else:
-        text = str(value).strip().lower().replace("-", "_")
-        if text in ASPECT_RATIOS:
-            return ASPECT_RATIOS[text]
+        text = str(value).strip().lower()
+        if text.replace("-", "_") in ASPECT_RATIOS:
+            return ASPECT_RATIOS[text.replace("-", "_")]
         parts = re.split(r"[:x/]", text)
         try:
             numbers = [float(p) for p in parts]
@@ -264,7 +281,9 @@ class Request:
             if aspect_ratio is not None:
                 raise SettingError(f"give {setting('aspect_ratio')} or {setting('width')}/{setting('height')}, not both")
             if not (isinstance(width, int) and isinstance(height, int) and width > 0 and height > 0):
-                raise SettingError(f"{setting('width')}/{setting('height')}: {width}x{height} must be positive integers")
+                raise SettingError(f"{setting('width')}/{setting('height')}: {shown(width)}x{shown(height)} must be positive integers")
+            SETTING["width"].check(width)
+            SETTING["height"].check(height)
             aspect_ratio = width / height
         values: dict[str, Any] = {}
         for name in (s.name for s in SETTINGS if s.kind in ("tags", "patterns") and s.name != "tags"):

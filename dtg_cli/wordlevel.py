@@ -8,12 +8,12 @@ WordLevel model, template post-processor) and refuses anything else rather than 
 
 from __future__ import annotations
 
-import json
 import re
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
+from dtg_cli import jsontext
 from dtg_cli.errors import ModelFileError
 from dtg_cli.gguf_header import read_metadata
 
@@ -78,7 +78,7 @@ class WordLevelTokenizer:
     @classmethod
     def from_json(cls, text: str) -> WordLevelTokenizer:
         try:
-            return cls(json.loads(text))
+            return cls(jsontext.loads(text))
         except (ValueError, KeyError, TypeError, AttributeError) as e:
             raise ModelFileError(f"the embedded tokenizer.json is invalid ({e})") from e
 

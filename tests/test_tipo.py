@@ -238,7 +238,7 @@ def test_batch_runs_tipo_records_the_same_at_any_parallel(tipo, tmp_path):
         ({"tags": "1girl", "write": "story"}, "write: 'story' is not one of tags, nl, both"),
         ({"nl": "   "}, "nl: an empty text"),
         ({"nl": 5}, "nl: 5 must be a string"),
-        ({"tags": "1girl", "repeat_penalty": 0}, "repeat_penalty: 0 must be in (0, 10]"),
+        ({"tags": "1girl", "repeat_penalty": 0}, "repeat_penalty: 0 must be between 0.01 and 10"),
         ({"tags": "1girl", "retries": -1}, "retries: -1 must be between 0 and 100"),
     ],
 )

@@ -3,7 +3,6 @@ what an interrupted run left (`--resume`), and the place each result line record
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from dataclasses import dataclass
@@ -14,6 +13,7 @@ try:
 except ImportError:  # a system without advisory locks
     fcntl = None
 
+from dtg_cli import jsontext
 from dtg_cli.batch.tasks import RecordKey
 from dtg_cli.errors import UsageError
 from dtg_cli.output import LINE_KINDS, ResultWriter, check_kind
@@ -21,10 +21,13 @@ from dtg_cli.rendering import Style
 
 
 def read_place(raw: bytes) -> tuple[dict, tuple[int, int]]:
-    """A result line of a JSONL output and its place, (line, variant); raises ValueError, KeyError or
-    TypeError for a line that is not such a record."""
-    record = json.loads(raw)
-    return record, (int(record["line"]), int(record["variant"]))
+    """A result line of a JSONL output and its place, (line, variant); raises ValueError for a line that is
+    not such a record (its line a whole number from 1, its variant one from 0)."""
+    record = jsontext.loads(raw)
+    place = (record.get("line"), record.get("variant")) if isinstance(record, dict) else (None, None)
+    if not all(isinstance(n, int) and not isinstance(n, bool) for n in place) or place[0] < 1 or place[1] < 0:
+        raise ValueError("no line and variant")
+    return record, place
 
 
 @dataclass

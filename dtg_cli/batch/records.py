@@ -4,7 +4,6 @@ with its place in the file. Nothing here knows what a record's fields mean (`tas
 from __future__ import annotations
 
 import io
-import json
 import re
 import sys
 from collections.abc import Iterator
@@ -17,6 +16,7 @@ try:
 except ImportError:  # Python < 3.11
     import tomli as tomllib
 
+from dtg_cli import jsontext
 from dtg_cli.errors import DtgError, UsageError
 
 INPUT_FORMATS = ("txt", "jsonl", "toml")
@@ -62,8 +62,43 @@ def check_input(path: str) -> None:
 
 
 def _numbered_lines(stream: io.BufferedIOBase) -> Iterator[tuple[int, bytes]]:
+    """The lines of a file without their line ends, from 1; a UTF-8 byte order mark before the first (as
+    some Windows editors write) is dropped, so that it changes neither the format sniffed nor the record."""
     for number, raw in enumerate(stream, 1):
+        if number == 1:
+            raw = raw.removeprefix(b"\xef\xbb\xbf")
         yield number, raw.rstrip(b"\r\n")
+
+
+def _multiline_string(line: bytes, quote: bytes | None) -> bytes | None:
+    """Which TOML multi-line string (b'\"\"\"' or b"'''") is still open at the end of `line`, given the
+    one open at its start (None: none). One-line strings and comments are skipped over."""
+    i = 0
+    while i < len(line):
+        if quote is not None:
+            if quote == b'"""' and line[i : i + 1] == b"\\":
+                i += 2
+            elif line.startswith(quote, i):
+                i += 3
+                while line[i : i + 1] == quote[:1]:  # a string may end with one or two quotes of its own
+                    i += 1
+                quote = None
+            else:
+                i += 1
+            continue
+        char = line[i : i + 1]
+        if char == b"#":
+            break
+        if line.startswith(b'"""', i) or line.startswith(b"'''", i):
+            quote, i = line[i : i + 3], i + 3
+        elif char in (b'"', b"'"):
+            i += 1
+            while i < len(line) and line[i : i + 1] != char:
+                i += 2 if char == b'"' and line[i : i + 1] == b"\\" else 1
+            i += 1
+        else:
+            i += 1
+    return quote
 
 
 def _meaningful(raw: bytes) -> bool:
@@ -76,7 +111,7 @@ def sniff_format(path: str, given: str | None) -> str:
     """A file's input format (`input_format`), reading at most up to its first meaningful line."""
     first = None
     with open(path, "rb") as f:
-        for raw in f:
+        for _, raw in _numbered_lines(f):
             if _meaningful(raw):
                 first = raw
                 break
@@ -171,11 +206,11 @@ class InputFile:
             if not raw.strip():
                 continue
             try:
-                value = json.loads(raw)
+                value = jsontext.loads(raw)
             except UnicodeDecodeError:
                 yield BadRecord(index, number, self._where(number), "not UTF-8 text")
-            except json.JSONDecodeError as e:
-                yield BadRecord(index, number, self._where(number), f"not valid JSON: {e.msg} (column {e.colno})")
+            except jsontext.BadJSON as e:
+                yield BadRecord(index, number, self._where(number), str(e))
             else:
                 if _holds_a_lone_surrogate(value):
                     yield BadRecord(
@@ -192,13 +227,14 @@ class InputFile:
     _HEADER = re.compile(rb"^\s*\[\[\s*prompt\s*\]\]\s*(?:#.*)?$")
 
     def _toml_chunks(self) -> Iterator[tuple[int, list[bytes]]]:
-        start, chunk = 1, []
+        start, chunk, quote = 1, [], None
         while (item := self._next_line()) is not None:
             number, raw = item
-            if self._HEADER.match(raw):
+            if quote is None and self._HEADER.match(raw):  # not a line of a multi-line string
                 yield start, chunk
                 start, chunk = number, []
             chunk.append(raw)
+            quote = _multiline_string(raw, quote)
         yield start, chunk
 
     def _toml_parse(self, start: int, chunk: list[bytes]) -> dict:
@@ -207,6 +243,8 @@ class InputFile:
             return tomllib.loads(b"".join(line + b"\n" for line in chunk).decode("utf-8"))
         except UnicodeDecodeError:
             raise BatchInputError(self._where(start), "not UTF-8 text") from None
+        except RecursionError:
+            raise BatchInputError(self._where(start), "nested too deeply") from None
         except tomllib.TOMLDecodeError as e:
             text = str(e)
             at = re.search(r"\s*\(at line (\d+), column (\d+)\)", text)
@@ -214,6 +252,8 @@ class InputFile:
                 line = start + int(at[1]) - 1
                 raise BatchInputError(self._where(line), f"not valid TOML: {text[: at.start()]} (column {at[2]})") from None
             raise BatchInputError(self._where(start), f"not valid TOML: {text}") from None
+        except ValueError:  # int() refused the digits (sys.get_int_max_str_digits)
+            raise BatchInputError(self._where(start), "a number of more than 4300 digits") from None
 
     def _toml_defaults(self) -> dict:
         """The [defaults] table, checked for its shape; where it stands is `defaults_where`."""
@@ -265,11 +305,12 @@ def _holds_a_lone_surrogate(value: Any) -> bool:
 
 def count_records(path: str, kind: str) -> int:
     """How many records a file holds, read quickly without parsing them (for a progress bar)."""
-    n = 0
+    n, quote = 0, None
     with open(path, "rb") as f:
-        for raw in f:
+        for _, raw in _numbered_lines(f):
             if kind == "toml":
-                n += bool(InputFile._HEADER.match(raw.rstrip(b"\r\n")))
+                n += quote is None and bool(InputFile._HEADER.match(raw))
+                quote = _multiline_string(raw, quote)
             elif kind == "txt":
                 n += _meaningful(raw)
             else:

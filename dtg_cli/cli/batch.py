@@ -1,6 +1,7 @@
 """`dtg batch` and `dtg merge`."""
 
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -151,10 +152,13 @@ def merge(
 
     check_kind(output_format, LINE_KINDS)
     out = sys.stdout.buffer if hasattr(sys.stdout, "buffer") else None
-    for record, raw in batching.merge([str(f) for f in files], allow_gaps=allow_gaps):
+    try:
+        into = os.fstat(sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # not a file (a test's buffer)
+        into = None
+    for record, raw in batching.merge([str(f) for f in files], allow_gaps=allow_gaps, output=into):
         if output_format == "text":
-            line = record.get("text", ", ".join(record.get("tags", []))) + "\n"
-            sys.stdout.write(line)
+            sys.stdout.write(record["text"] + "\n")
         elif out is not None:
             sys.stdout.flush()
             out.write(raw)
