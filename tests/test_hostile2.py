@@ -1,6 +1,7 @@
-"""Hostile and careless input, second round: numbers at the edges, nesting, merge and resume of files dtg
-did not write as they are. Each test fails on the code before that round; real subprocesses where the
-point is an exit code, a stream or a signal."""
+"""Hostile and careless input, second round: a section per class of what was found (numbers at the edges,
+regex bans, nesting, untrusted files, output targets, signals, merge, resume, batch input). Each test
+fails on the code before that round; real subprocesses where the point is an exit code, a stream or a
+signal."""
 
 import json
 import os
@@ -84,6 +85,50 @@ def assert_one_line_error_after_results(result, line, results):
     assert result.exit_code == 1 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1] == f"error: {line}"
     assert len(result.stdout.splitlines()) == results
+
+
+# --- 2. regex bans ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("pattern", ["re:^([a-z ]+)+$", "re:(a|aa)+$", "re:^(.*a){20}$"])
+def test_a_backtracking_ban_never_hangs(dart, pattern):
+    done = dtg("generate", "1girl", "-m", dart, "--ban", pattern, "--seed", 1, "--max-new-tokens", 4)
+    assert done.returncode == 0, done.stderr
+    assert len(done.stdout.splitlines()) == 1
+
+
+def test_a_ban_is_matched_against_a_whole_vocabulary_in_linear_time():
+    import time
+
+    from dtg_cli.tagtext import compile_bans
+
+    banned = compile_bans(["re:^([a-z ]+)+$", "re:(x+x+)+y"])
+    tags = ["a" * 40 + "!", "x" * 5000 + "!", "long hair"] * 1000
+    started = time.perf_counter()
+    assert [banned(t) for t in tags[:3]] == [False, False, True]
+    assert sum(banned(t) for t in tags) == 1000
+    assert time.perf_counter() - started < 10  # Python's re takes longer than the age of the universe here
+
+
+@pytest.mark.parametrize(
+    "patterns, fragment",
+    [
+        (["re:x{2000}"], "'re:x{2000}' is not a valid regular expression (invalid repetition size"),
+        (["re:(?<=a)b"], "'re:(?<=a)b' is not a valid regular expression"),
+        (["a"] * 300, "300 patterns; at most 256"),
+        (["a" * 2000], "a pattern of 2000 characters; at most 1024"),
+    ],
+)
+def test_bad_or_too_many_bans_are_one_line(dart, tmp_path, patterns, fragment):
+    src = write(tmp_path / "in.jsonl", json.dumps({"tags": "1girl", "ban": patterns}) + "\n")
+    result = run("batch", src, "-m", dart, "--max-new-tokens", 2)
+    assert_one_line_error(result, f"{src}:1: ban: {fragment}")
+
+
+def test_two_hundred_thousand_bans_in_a_record_are_refused_at_once(dart, tmp_path):
+    src = write(tmp_path / "in.jsonl", json.dumps({"tags": "1girl", "ban": [f"re:^tag{i}$" for i in range(200_000)]}) + "\n")
+    done = dtg("batch", src, "-m", dart, "--max-new-tokens", 2)
+    assert done.returncode == 1 and "200000 patterns; at most 256" in done.stderr.decode()
 
 
 # --- 3. nesting -------------------------------------------------------------------------------------
