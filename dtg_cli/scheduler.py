@@ -144,6 +144,8 @@ def schedule(
     index = 0
     ended = False
     while True:
+        while order and order[0][1] is not None:  # before waiting for more input: a caller may wait for these
+            yield order.popleft()[1]
         active = sum(s is not None for s in slots)
         # Take input while there are free slots to fill and the reorder window has room. Before the run is
         # sized, that is up to `cap` variants: an input that ends first gets a context for what it holds.

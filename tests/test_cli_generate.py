@@ -371,3 +371,27 @@ def test_ctrl_c_keeps_what_was_written(dart, monkeypatch):
     result = run("generate", "1girl", "-m", dart, "-n", 3, "--seed", 1, "--max-new-tokens", 3, "--format", "json")
     assert result.exit_code == 130 and "interrupted" in result.stderr
     assert [r["seed"] for r in json.loads(result.stdout)] == [1]
+
+
+def test_a_pipeline_that_waits_for_each_answer_gets_it(dart):
+    """A program that writes a prompt and waits for its line before writing the next (a chat-like loop)
+    gets each answer while dtg waits for more input: finished results are handed on before the scheduler
+    blocks for the next line."""
+    import select
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dtg_cli", "generate", "-", "-m", str(dart), "--max-new-tokens", "2"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        for tags in ("1girl", "solo", "cat ears"):
+            proc.stdin.write(f"{tags}\n".encode())
+            proc.stdin.flush()
+            ready, _, _ = select.select([proc.stdout], [], [], 60)
+            assert ready, "no answer while dtg waits for the next line"
+            assert proc.stdout.readline().decode().startswith(tags + ", ")
+    finally:
+        proc.kill()
+        proc.communicate()
