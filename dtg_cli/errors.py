@@ -1,6 +1,13 @@
 """The project's exceptions. Their messages are written for the user: what went wrong, what to do."""
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (from `timeout`, systemd, Kubernetes), handled as Ctrl-C is (what was open is closed, what
+    was written stays whole) and ending with exit code 143 instead of 130."""
+
+    exit_code = 143
+
+
 class DtgError(Exception):
     """Base of every error the CLI reports as one line and a non-zero exit."""
 

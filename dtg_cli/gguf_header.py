@@ -7,6 +7,7 @@ import of gguf-py, so every model is checked before it is loaded.
 
 from __future__ import annotations
 
+import math
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,8 @@ from dtg_cli.errors import ModelFileError
 _SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
 _STRING, _ARRAY = 8, 9
 _MAX_KEYS = 1 << 16
-_MAX_STRING = 1 << 30  # tokenizer.huggingface.json is a few MB
+_MAX_STRING = 64 << 20  # one string: tokenizer.huggingface.json is a few MB
+_MAX_STRINGS = 256 << 20  # all the strings of a header together
 
 
 @dataclass(frozen=True)
@@ -80,7 +82,8 @@ def read_header(path: str | Path, tensors: bool = True) -> Header:
     files outside the converter."""
     path = Path(path)
     try:
-        with open(path, "rb") as f:
+        with open(path, "rb") as raw:
+            f = _Bounded(raw, path.stat().st_size)
             if f.read(4) != b"GGUF":
                 raise ModelFileError(f"{path}: not a GGUF file (no GGUF magic); download or convert it again")
             version, n_tensors, n_kv = struct.unpack("<IQQ", _read(f, 20))
@@ -127,6 +130,33 @@ def _check_data_size(path: Path, header_end: int, meta: dict[str, Any], table: l
         raise ModelFileError(f"{path}: truncated ({have} bytes; its tensors need {need}); download or convert it again")
 
 
+class _Bounded:
+    """A GGUF file read so that no length it claims is allocated before it is checked: never past the end
+    of the file, and no more string bytes than _MAX_STRING each and _MAX_STRINGS in all."""
+
+    def __init__(self, f: BinaryIO, size: int):
+        self._f = f
+        self._size = size
+        self._strings = _MAX_STRINGS
+
+    def read(self, n: int) -> bytes:
+        if n > self._size - self._f.tell():
+            raise _Truncated
+        return self._f.read(n)
+
+    def string(self, n: int) -> bytes:
+        if n > _MAX_STRING or n > self._strings:
+            raise ValueError(f"a string of {n} bytes" if n > _MAX_STRING else f"more than {_MAX_STRINGS} bytes of strings")
+        self._strings -= n
+        return _read(self, n)
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self._f.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._f.tell()
+
+
 def _read(f: BinaryIO, n: int) -> bytes:
     data = f.read(n)
     if len(data) != n:
@@ -134,14 +164,12 @@ def _read(f: BinaryIO, n: int) -> bytes:
     return data
 
 
-def _string(f: BinaryIO) -> bytes:
+def _string(f: _Bounded) -> bytes:
     (n,) = struct.unpack("<Q", _read(f, 8))
-    if n > _MAX_STRING:
-        raise ValueError(f"a string of {n} bytes")
-    return _read(f, n)
+    return f.string(n)
 
 
-def _value(f: BinaryIO, kind: int) -> Any:
+def _value(f: _Bounded, kind: int) -> Any:
     if kind in _SCALARS:
         fmt = _SCALARS[kind]
         return struct.unpack(fmt, _read(f, struct.calcsize(fmt)))[0]
@@ -152,10 +180,7 @@ def _value(f: BinaryIO, kind: int) -> Any:
         if element == _STRING:
             strings = []
             for _ in range(length):
-                (n,) = struct.unpack("<Q", _read(f, 8))
-                if n > _MAX_STRING:
-                    raise ValueError(f"a string of {n} bytes")
-                strings.append(_read(f, n))
+                strings.append(_string(f))
             return ArrayInfo(element, length, tuple(strings))
         elif element in _SCALARS:
             f.seek(struct.calcsize(_SCALARS[element]) * length, 1)
@@ -163,6 +188,16 @@ def _value(f: BinaryIO, kind: int) -> Any:
             raise ValueError(f"an array of type {element}")
         return ArrayInfo(element, length)
     raise ValueError(f"value type {kind}")
+
+
+def _check_norm_epsilon(path: str | Path, meta: dict[str, Any]) -> None:
+    """llama.cpp asserts eps >= 0 (an abort), and a NaN or infinite one makes every output NaN."""
+    arch = meta.get("general.architecture")
+    key = f"{arch}.attention.layer_norm_rms_epsilon"
+    if key in meta:
+        eps = meta[key]
+        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not (math.isfinite(eps) and 0 < eps < 1):
+            raise ModelFileError(f"{path}: {key} is {eps!r}; a model dtg runs has a positive value below 1")
 
 
 # Bounds of the hyperparameters of any model dtg runs, with room to spare; llama.cpp's own limits are
@@ -180,6 +215,7 @@ _BOUNDS = {
 
 def check_hyperparameters(path: str | Path, meta: dict[str, Any]) -> None:
     """Refuse, in one line, values that would make llama.cpp abort or misbehave."""
+    _check_norm_epsilon(path, meta)
     arch = meta.get("general.architecture")
     if not isinstance(arch, str):
         raise ModelFileError(f"{path}: no general.architecture in the GGUF metadata; convert it again")

@@ -19,6 +19,7 @@ from dtg_cli.gguf_header import check_hyperparameters, read_metadata
 
 _verbose = False
 _log_callback = None  # kept alive: llama.cpp holds a raw pointer to it
+_on_log_code = None  # the Python code the callback runs (`in_log_callback`)
 
 
 def _import_llama_cpp():
@@ -56,22 +57,28 @@ def _import_llama_cpp():
 
 def bindings():
     """The llama_cpp module, imported on first use with its log output routed through dtg."""
-    global _log_callback
+    global _log_callback, _on_log_code
     try:
         llama_cpp = _import_llama_cpp()
     except ImportError as e:  # pragma: no cover - it is a hard dependency
         raise MissingDependencyError("llama-cpp-python is not installed: pip install llama-cpp-python") from e
     if _log_callback is None:
 
-        @llama_cpp.llama_log_callback
         def _on_log(level, text, user_data):
             if _verbose:
                 os.write(2, text)
 
-        _log_callback = _on_log
+        _on_log_code = _on_log.__code__
+        _log_callback = llama_cpp.llama_log_callback(_on_log)
         llama_cpp.llama_log_set(_log_callback, ctypes.c_void_p(0))
         llama_cpp.llama_backend_init()
     return llama_cpp
+
+
+def in_log_callback(frame) -> bool:
+    """Whether `frame` is llama.cpp's log callback running: an exception raised there (a Ctrl-C landing
+    in it) is printed and dropped by ctypes, not raised in the code that called llama.cpp."""
+    return _log_callback is not None and frame is not None and frame.f_code is _on_log_code
 
 
 def set_verbose(verbose: bool) -> None:

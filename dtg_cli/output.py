@@ -4,12 +4,23 @@ text lines, a JSON array and JSON lines. docs/generate.md ("Result records") doc
 from __future__ import annotations
 
 import json
+import re
 import sys
 from typing import IO, Any
 
 from dtg_cli.errors import DtgError, UsageError
 from dtg_cli.outcomes import Result
 from dtg_cli.rendering import Style
+from dtg_cli.tagtext import printable
+
+_C1 = re.compile("[\x7f-\x9f]")  # json.dumps escapes the C0 controls itself
+
+
+def json_text(value: Any, **options: Any) -> str:
+    """JSON as dtg writes it (UTF-8 text, not ASCII escapes), with every control character escaped, so
+    that no string from a model file reaches a terminal as a control sequence."""
+    return _C1.sub(lambda m: f"\\u{ord(m[0]):04x}", json.dumps(value, ensure_ascii=False, **options))
+
 
 KINDS = ("text", "json", "jsonl")  # what dtg generate writes
 LINE_KINDS = ("text", "jsonl")  # one result a line: what dtg batch and dtg merge write
@@ -58,13 +69,13 @@ class ResultWriter:
 
     def write(self, result: Result, place: dict[str, Any] | None = None) -> None:
         if self.kind == "text":
-            text = result.written(self.style)["text"] + "\n"
+            text = printable(result.written(self.style)["text"]) + "\n"  # one line, whatever a vocabulary holds
         elif self.kind == "jsonl":
-            text = json.dumps(result_record(result, self.style, place), ensure_ascii=False) + "\n"
+            text = json_text(result_record(result, self.style, place)) + "\n"
         else:
-            text = ("," if self.count else "[") + "\n" + json.dumps(result_record(result, self.style, place), ensure_ascii=False, indent=2)
+            text = ("," if self.count else "[") + "\n" + json_text(result_record(result, self.style, place), indent=2)
+        self.count += 1  # first: a Ctrl-C or SIGTERM right after the write must find it counted, to close the array
         self._put(text)
-        self.count += 1
 
     def close(self, failed: bool = False) -> None:
         """End a JSON array: `[]` when nothing was written, nothing at all for a run that failed at once."""

@@ -8,6 +8,7 @@ import re
 from collections.abc import Callable, Iterable
 
 from dtg_cli.errors import SettingError, setting
+from dtg_cli.linear_regex import compile_linear
 
 # People counts, which DanTagGen's prompt lists before the other general tags.
 _SPECIAL = re.compile(r"^(?:\d\+?(?:girl|boy|other)s?|multiple (?:girls|boys|others)|no humans)$")
@@ -26,16 +27,6 @@ def is_special(tag: str) -> bool:
 # Bans are bounded: each is matched against every tag of a vocabulary (30,000 for Dart v2).
 MAX_BANS = 256
 MAX_BAN_CHARS = 1024
-
-
-def _re2_options():
-    import re2  # google-re2: a regular expression engine whose time is linear in the text, whatever the pattern
-
-    options = re2.Options()
-    options.case_sensitive = False
-    options.never_capture = True
-    options.log_errors = False  # an invalid pattern is reported once, by its error, not logged by RE2 too
-    return re2, options
 
 
 def compile_bans(patterns: Iterable[str]) -> Callable[[str], bool]:
@@ -58,20 +49,28 @@ def compile_bans(patterns: Iterable[str]) -> Callable[[str], bool]:
             globs.append(re.compile(fnmatch.translate(glob), re.IGNORECASE).match)  # the whole tag
     searches = []
     if regexes:
-        re2, options = _re2_options()
         for regex in regexes:
             try:
-                re2.compile(regex, options)
-            except re2.error as e:
-                why = e.args[0].decode(errors="replace") if e.args and isinstance(e.args[0], bytes) else str(e)
-                raise SettingError(f"{setting('ban')}: {'re:' + regex!r} is not a valid regular expression ({why})") from None
-        searches.append(re2.compile("|".join(f"(?:{regex})" for regex in regexes), options).search)  # one pass per tag
+                compile_linear(regex)
+            except ValueError as e:
+                raise SettingError(f"{setting('ban')}: {'re:' + regex!r} is not a valid regular expression ({e})") from None
+        searches.append(compile_linear("|".join(f"(?:{regex})" for regex in regexes), ignore_case=True).search)  # one pass per tag
     compiled = [*globs, *searches]
 
     def banned(tag: str) -> bool:
         return any(match(tag) for match in compiled)
 
     return banned
+
+
+# C0 controls (newline, ESC...), DEL and C1 controls (U+009B is a terminal's CSI on its own).
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def printable(text: str) -> str:
+    """Text as it may reach a terminal or one line of output: every control character (from a model's
+    vocabulary, a GGUF's metadata or user text) written as an escape such as \\x1b or \\x0a."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m[0]):02x}", text)
 
 
 def escape(tag: str) -> str:

@@ -67,10 +67,15 @@ class Tokenizer:
 class TagTokenizer(Tokenizer):
     """A one-token-per-tag vocabulary (Dart v2), read from the tokenizer.json a GGUF carries."""
 
-    def __init__(self, json_text: str):
-
+    def __init__(self, json_text: str, n_vocab: int | None = None):
+        """`n_vocab`: the model's vocabulary size, which every id of the file must be below (an id past it
+        would index past the logits, or reach llama.cpp as a token it does not have)."""
         super().__init__()
         self.inner = WordLevelTokenizer.from_json(json_text)
+        if n_vocab is not None:
+            bad = next((i for i in self.inner.id_to_token if not 0 <= i < n_vocab), None)
+            if bad is not None:
+                raise ModelFileError(f"the embedded tokenizer.json has token id {bad}; the model has {n_vocab} tokens")
         special = self.inner.special_ids
         self.tag_of = {i: t for i, t in self.inner.id_to_token.items() if i not in special}
         self.vocabulary = frozenset(self.tag_of.values())

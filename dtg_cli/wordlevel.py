@@ -16,18 +16,27 @@ from pathlib import Path
 from dtg_cli import jsontext
 from dtg_cli.errors import ModelFileError
 from dtg_cli.gguf_header import read_metadata
+from dtg_cli.linear_regex import compile_linear
 
 HF_JSON_KEY = "tokenizer.huggingface.json"
 
 # Oniguruma's \s (what `tokenizers` regexes use) is Unicode White_Space; Python's \s also matches the
 # information separators U+001C..U+001F, which would split tags that the reference tokenizer keeps whole.
 _WHITESPACE = "\\t\\n\\x0b\\x0c\\r \\x85\\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000"
-_ONIG_ESCAPES = {"\\s": f"[{_WHITESPACE}]", "\\S": f"[^{_WHITESPACE}]"}
 
 
-def _python_regex(pattern: str) -> re.Pattern:
-    translated = re.sub(r"\\[sS]", lambda m: _ONIG_ESCAPES[m[0]], pattern)
-    return re.compile(translated)
+# The same set in RE2's syntax, for a Split pattern (`_split_regex`).
+_RE2_WHITESPACE = "\\t\\n\\x0b\\x0c\\r \\x{85}\\x{a0}\\x{1680}\\x{2000}-\\x{200a}\\x{2028}\\x{2029}\\x{202f}\\x{205f}\\x{3000}"
+_RE2_ESCAPES = {"\\s": f"[{_RE2_WHITESPACE}]", "\\S": f"[^{_RE2_WHITESPACE}]"}
+
+
+def _split_regex(pattern: str):
+    """A Split pattern of tokenizer.json (Oniguruma syntax) compiled by RE2: the file comes from anywhere,
+    and its pattern is matched against every prompt, so it must match in linear time whatever it is."""
+    try:
+        return compile_linear(re.sub(r"\\[sS]", lambda m: _RE2_ESCAPES[m[0]], pattern))
+    except ValueError as e:
+        raise ModelFileError(f"the embedded tokenizer.json has a Split pattern dtg cannot match ({e})") from None
 
 
 @dataclass(frozen=True)
@@ -114,7 +123,7 @@ class WordLevelTokenizer:
             return [s for sub in spec["pretokenizers"] for s in self._build_pre_tokenizer(sub)]
         if kind == "Split":
             pattern = spec["pattern"]
-            regex = _python_regex(pattern["Regex"]) if "Regex" in pattern else re.compile(re.escape(pattern["String"]))
+            regex = _split_regex(pattern["Regex"] if "Regex" in pattern else re.escape(pattern["String"]))
             behavior = spec.get("behavior", "Removed")
             if behavior not in ("Removed", "Isolated") or spec.get("invert"):
                 raise ModelFileError(f"unsupported Split behaviour {behavior!r} in the embedded tokenizer.json")

@@ -5,7 +5,10 @@ signal."""
 
 import json
 import os
+import signal
 import subprocess
+import sys
+import time
 
 import pytest
 
@@ -268,3 +271,237 @@ def test_a_huge_caption_is_refused_before_it_is_tokenized(ggufs, tmp_path):
     src = write(tmp_path / "in.jsonl", json.dumps({"nl": "A girl. " * 2_000_000}) + "\n")
     done = dtg("batch", src, "-m", ggufs["tipo"]["q8_0"], "--max-new-tokens", 2)
     assert done.returncode == 1 and "nl: 16000000 characters; a text holds at most 65536" in done.stderr.decode()
+
+
+# --- 5. output targets -------------------------------------------------------------------------------
+
+
+def test_batch_into_dev_stdout_writes_the_results_to_stdout(dart, tmp_path):
+    src = write(tmp_path / "in.txt", lines_of(3))
+    done = dtg("batch", src, "-m", dart, "-o", "/dev/stdout", "--force", "--max-new-tokens", 2)
+    assert done.returncode == 0, done.stderr
+    assert len(done.stdout.splitlines()) == 3 and b"1girl" not in done.stderr
+
+
+def test_batch_into_dev_null_runs(dart, tmp_path):
+    src = write(tmp_path / "in.txt", lines_of(3))
+    done = dtg("batch", src, "-m", dart, "-o", "/dev/null", "--max-new-tokens", 2)
+    assert done.returncode == 0 and b"3 records, 3 results" in done.stderr, done.stderr
+    assert_one_line_error(run("batch", src, "-m", dart, "-o", "/dev/null", "--resume"), "--resume needs a regular file")
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_a_full_stderr_loses_no_result(dart, tmp_path):
+    src = write(tmp_path / "in.txt", lines_of(4) + "unknowntagzz\n")
+    with open("/dev/full", "w") as full:
+        done = subprocess.run(
+            [*DTG, "batch", str(src), "-m", str(dart), "--max-new-tokens", "2", "-v"], stdout=subprocess.PIPE, stderr=full, timeout=120
+        )
+    assert done.returncode == 0 and len(done.stdout.splitlines()) == 5
+
+
+@pytest.mark.parametrize("command", [["generate", "1girl"], ["convert", "CKPT", "--out", "OUT", "--quant", "f16"]])
+def test_a_closed_stdout_is_an_error_not_a_traceback(dart, checkpoints, tmp_path, command):
+    args = [str(checkpoints["dart-moe"]) if a == "CKPT" else str(tmp_path / "out") if a == "OUT" else a for a in command]
+    if command[0] == "generate":
+        args += ["-m", str(dart), "--max-new-tokens", "2"]
+    done = subprocess.run([*DTG, *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=300, pass_fds=(), close_fds=True,
+                          preexec_fn=lambda: os.close(1))  # fmt: skip
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr.decode() and done.stderr.decode().strip().splitlines()[-1] == (
+        "error: stdout is closed, and dtg writes its results there; redirect it to a file or /dev/null"
+    )
+
+
+def test_an_ascii_terminal_gets_escapes_not_a_traceback(dart):
+    env = {**os.environ, "PYTHONIOENCODING": "ascii"}
+    done = dtg("generate", "1girl, café", "-m", dart, "--max-new-tokens", 2, "--seed", 1, env=env)
+    assert done.returncode == 0 and done.stdout.startswith(b"1girl, caf\\xe9, ") and b"Traceback" not in done.stderr
+    done = dtg("tags", "check", "café, 1girl", env=env)
+    assert done.returncode == 1 and b"caf\\xe9" in done.stdout and b"Traceback" not in done.stderr
+
+
+def test_a_reader_that_goes_away_is_exit_141(tmp_path):
+    done = subprocess.run(f"{' '.join(DTG)} tags search '*a*' --limit 5000 | head -c 10; exit ${{PIPESTATUS[0]}}", shell=True,
+                          executable="/bin/bash", capture_output=True, timeout=120)  # fmt: skip
+    assert done.returncode == 141 and done.stderr == b""
+
+
+# --- 6. signals -------------------------------------------------------------------------------------
+
+
+def started_pipeline(dart, *args):
+    proc = subprocess.Popen(
+        [*DTG, "generate", "-", "-m", str(dart), "--format", "json", "--max-new-tokens", "2", *map(str, args)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    return proc
+
+
+@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_before_the_first_result_leaves_an_empty_json_array(dart, signum, code):
+    proc = started_pipeline(dart)
+    time.sleep(2)  # waiting for its first line
+    proc.send_signal(signum)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == code and json.loads(out) == [] and b"Traceback" not in err
+
+
+def test_sigterm_after_results_closes_the_json_array(dart):
+    proc = started_pipeline(dart)
+    proc.stdin.write(b"1girl\n")
+    proc.stdin.flush()
+    first = os.read(proc.stdout.fileno(), 1)  # the array has begun: a result was written (unbuffered: communicate reads the pipe itself)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143 and b"terminated" in err
+    (record,) = json.loads(first + out)
+    assert record["input_tags"] == ["1girl"]
+
+
+def test_a_signal_that_lands_in_llamas_log_callback_is_delivered_after_it():
+    code = (
+        "import signal, sys, time\n"
+        "from dtg_cli import llama\n"
+        "from dtg_cli.cli.app import on_signal\n"
+        "llama.bindings()\n"
+        "class Frame:\n"
+        "    f_code = llama._on_log_code\n"
+        "on_signal(signal.SIGINT, Frame())  # raised there, ctypes would drop it\n"
+        "try:\n"
+        "    for _ in range(200):\n"
+        "        time.sleep(0.05)\n"
+        "except KeyboardInterrupt:\n"
+        "    sys.exit(0)\n"
+        "sys.exit(3)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+
+
+# --- 4. untrusted GGUF files -------------------------------------------------------------------------
+
+
+def patched_value(path, tmp_path, key: str, kind: int, old: bytes, new: bytes):
+    """A copy of a GGUF with one metadata value of type `kind` replaced by bytes of the same length."""
+    import struct
+
+    assert len(old) == len(new)
+    data = bytearray(path.read_bytes())
+    name = key.encode()
+    at = data.index(struct.pack("<Q", len(name)) + name) + 8 + len(name)
+    assert struct.unpack_from("<I", data, at)[0] == kind
+    at += 4 + (8 if kind == 8 else 0)  # a string's length comes first
+    assert bytes(data[at : at + len(old)]) == old
+    data[at : at + len(old)] = new
+    out = tmp_path / f"patched-{len(list(tmp_path.iterdir()))}.gguf"
+    out.write_bytes(bytes(data))
+    return out
+
+
+def test_models_info_escapes_what_a_gguf_says(dart, tmp_path):
+    forged = patched_value(dart, tmp_path, "general.name", 8, b"dart-moe", b"\x1b[1m\nfam")
+    plain = dtg("models", "info", dart)
+    done = dtg("models", "info", forged)
+    assert done.returncode == 0, done.stderr
+    assert b"\x1b" not in done.stdout and b"\\x1b[1m\\x0afam" in done.stdout
+    assert len(done.stdout.splitlines()) == len(plain.stdout.splitlines())
+
+
+def test_a_result_is_one_line_whatever_a_vocabulary_holds():
+    import io
+
+    from dtg_cli.outcomes import Result
+    from dtg_cli.output import ResultWriter
+    from dtg_cli.reading import Layout
+
+    result = Result(model="m", prompt="p", input_ids=[], output_ids=[], tags=["a\nb", "\x1bc", "d\x9be"], new_tags=["a\nb", "\x1bc", "d\x9be"],
+                    input_tags=[], seed=1, stop="eos", sampling={}, timings={}, layout=Layout())  # fmt: skip
+    for kind in ("text", "jsonl"):
+        out = io.BytesIO()
+        ResultWriter(kind, file=out).write(result)
+        written = out.getvalue()
+        assert written.count(b"\n") == 1 and not any(0x80 <= b <= 0x9F and written[i - 1] == 0xC2 for i, b in enumerate(written))
+        assert b"\x1b" not in written
+    assert json.loads(written)["new_tags"] == ["a\nb", "\x1bc", "d\x9be"]  # JSON keeps the text, escaped
+
+
+def test_a_nan_norm_epsilon_is_one_line_not_an_abort(dart, tmp_path):
+    import struct
+
+    model = patched_value(
+        dart, tmp_path, "llama.attention.layer_norm_rms_epsilon", 6, struct.pack("<f", 1e-5), struct.pack("<f", float("nan"))
+    )
+    done = dtg("generate", "1girl", "-m", model)
+    assert done.returncode == 1 and done.stdout == b""
+    assert (
+        done.stderr.decode()
+        .strip()
+        .splitlines()[-1]
+        .endswith("layer_norm_rms_epsilon is nan; a model dtg runs has a positive value below 1")
+    )
+
+
+def tokenizer_spec(pattern: str) -> str:
+    return json.dumps({
+        "model": {"type": "WordLevel", "vocab": {"<|unk|>": 0, "a": 1, "b": 2}, "unk_token": "<|unk|>"},
+        "pre_tokenizer": {"type": "Split", "pattern": {"Regex": pattern}, "behavior": "Removed", "invert": False},
+        "added_tokens": [], "normalizer": None, "post_processor": None,
+    })  # fmt: skip
+
+
+def test_a_backtracking_pre_tokenizer_pattern_matches_in_linear_time():
+    import time
+
+    from dtg_cli.wordlevel import WordLevelTokenizer
+
+    tokenizer = WordLevelTokenizer.from_json(tokenizer_spec("(a+)+c"))
+    started = time.perf_counter()
+    assert tokenizer.encode("a" * 50_000 + "b") == [0]
+    assert time.perf_counter() - started < 10
+
+
+@pytest.mark.parametrize("pattern", ["(", "(?<=a)b", "x{2000}"])
+def test_a_pre_tokenizer_pattern_that_does_not_compile_is_a_model_file_error(pattern):
+    from dtg_cli.errors import ModelFileError
+    from dtg_cli.wordlevel import WordLevelTokenizer
+
+    with pytest.raises(ModelFileError, match="Split pattern dtg cannot match"):
+        WordLevelTokenizer.from_json(tokenizer_spec(pattern))
+
+
+def test_a_token_id_past_the_vocabulary_is_a_model_file_error():
+    from dtg_cli.errors import ModelFileError
+    from dtg_cli.tokenizers import TagTokenizer
+
+    spec = json.loads(tokenizer_spec(","))
+    spec["model"]["vocab"]["far"] = 10**12
+    with pytest.raises(ModelFileError, match="token id 1000000000000; the model has 30 tokens"):
+        TagTokenizer(json.dumps(spec), n_vocab=30)
+
+
+def test_string_lengths_a_gguf_claims_are_checked_before_anything_is_allocated(tmp_path, monkeypatch):
+    import struct
+
+    from dtg_cli import gguf_header
+    from dtg_cli.errors import ModelFileError
+
+    def gguf(*strings: bytes, claimed: int | None = None) -> bytes:
+        body = b"".join(
+            struct.pack("<Q", 2) + b"k%d" % i + struct.pack("<I", 8) + struct.pack("<Q", claimed or len(s)) + s
+            for i, s in enumerate(strings)
+        )
+        return b"GGUF" + struct.pack("<IQQ", 3, 0, len(strings)) + body
+
+    huge = tmp_path / "huge.gguf"
+    huge.write_bytes(gguf(b"x", claimed=1 << 30))  # a gigabyte claimed: past what one string may hold
+    with pytest.raises(ModelFileError, match="a string of 1073741824 bytes"):
+        gguf_header.read_metadata(huge)
+    huge.write_bytes(gguf(b"x", claimed=32 << 20))  # allowed, but past the end of the file: never allocated
+    with pytest.raises(ModelFileError, match="truncated"):
+        gguf_header.read_metadata(huge)
+    many = tmp_path / "many.gguf"
+    many.write_bytes(gguf(*[b"y" * 60] * 6))
+    monkeypatch.setattr(gguf_header, "_MAX_STRINGS", 300)  # six strings of 60 bytes pass 300 in all
+    with pytest.raises(ModelFileError, match="more than 300 bytes of strings"):
+        gguf_header.read_metadata(many)

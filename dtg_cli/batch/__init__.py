@@ -4,7 +4,7 @@ and `merge` (the outputs of a sharded run as one). The package's modules, in the
 file: checks, lock, resume), `run` (`expand`), `merging` (`merge`)."""
 
 from dtg_cli.batch.merging import merge
-from dtg_cli.batch.outfile import Output, check_output, output_format
+from dtg_cli.batch.outfile import Output, check_output, is_stdout, output_format
 from dtg_cli.batch.records import BatchInputError, InputFile, check_input, count_records, input_format, sniff_format
 from dtg_cli.batch.run import Summary, expand
 from dtg_cli.batch.tasks import RECORD_FIELDS, build_task, derive_seed, parse_shard
@@ -22,6 +22,7 @@ __all__ = [
     "derive_seed",
     "expand",
     "input_format",
+    "is_stdout",
     "merge",
     "output_format",
     "parse_shard",

@@ -4,6 +4,7 @@ what an interrupted run left (`--resume`), and the place each result line record
 from __future__ import annotations
 
 import os
+import stat
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,11 +38,30 @@ class ResumePoint:
     model: str | None = None  # the model every JSONL record names
 
 
+# The names of dtg's standard output: the CLI points descriptor 1 at stderr (native code writes there), so
+# opened by name they would reach stderr instead of the results' stream.
+STDOUT_NAMES = ("/dev/stdout", "/dev/fd/1", "/proc/self/fd/1")
+
+
+def is_stdout(path: str | None) -> bool:
+    return path is None or path == "-" or os.path.abspath(path) in STDOUT_NAMES
+
+
+def _is_device(path: str) -> bool:
+    """A character device or a pipe (/dev/null, a FIFO): written as a stream, never truncated, locked or resumed."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    return not stat.S_ISREG(mode) and not stat.S_ISDIR(mode)
+
+
 def output_format(path: str | None, given: str | None) -> str:
-    """The output's format: as given (txt and json are taken for text and jsonl), else from the -o name."""
+    """The output's format: as given (txt and json are taken for text and jsonl), else from the -o name
+    (text on stdout and on a device)."""
     if given is not None:
         return check_kind({"txt": "text", "json": "jsonl"}.get(given, given), LINE_KINDS)
-    if path is None or path == "-":
+    if is_stdout(path) or _is_device(path):
         return "text"
     suffix = Path(path).suffix.lower()
     if suffix in (".jsonl", ".json", ".ndjson"):
@@ -58,9 +78,13 @@ def _same_file(a: os.stat_result, b: os.stat_result) -> bool:
 def check_output(path: str | None, *, resume: bool, force: bool, input_path: str | None = None) -> None:
     """Refuse an output that cannot be used, before any model is loaded or any file opened for writing.
     The output is never the input, by any name (a link, another path, or stdin redirected from it)."""
-    if path in (None, "-"):
+    if is_stdout(path):
         if resume:
             raise UsageError("--resume needs the output file: -o FILE")
+        return
+    if _is_device(path):
+        if resume:
+            raise UsageError(f"-o {path}: --resume needs a regular file, not a device or a pipe")
         return
     target = Path(path)
     if target.is_dir():
@@ -92,14 +116,17 @@ class Output:
         self.resume_point = ResumePoint(0, None)
         self._writer: ResultWriter | None = None
         check_output(path, resume=resume, force=force, input_path=input_path)
-        self.path = None if path in (None, "-") else Path(path)
+        self.path = None if is_stdout(path) else Path(path)
         if self.path is None:
             self._file = None
             return
+        device = _is_device(path)
         try:
-            self._file = open(self.path, "ab")  # noqa: SIM115 - closed by close(); truncated only once locked
+            self._file = open(self.path, "wb" if device else "ab")  # noqa: SIM115 - closed by close(); a file is truncated once locked
         except OSError as e:
             raise UsageError(f"-o {self.path}: cannot write it ({e.strerror})") from None
+        if device:
+            return
         try:
             _lock(self._file, self.path)
             if resume:

@@ -8,10 +8,11 @@ reads every command's signature on every run, and would compile annotations kept
 
 from __future__ import annotations
 
+import signal
 import sys
 
 from dtg_cli.cli import batch, convert, generate, models, tags  # noqa: F401 - each registers its commands
-from dtg_cli.cli.app import app, keep_stdout_for_results
+from dtg_cli.cli.app import app, interrupted_exit_code, keep_stdout_for_results, on_signal
 
 __all__ = ["app", "main", "keep_stdout_for_results"]
 
@@ -19,9 +20,13 @@ __all__ = ["app", "main", "keep_stdout_for_results"]
 def main(help_page: bool = False) -> None:
     """Run the command line. A `help_page` request prints on the real stdout, so that rich sizes the page
     by the terminal stdout is on; any other command keeps stdout for results (`keep_stdout_for_results`)."""
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    if sys.stderr is not None:
+        sys.stderr.reconfigure(errors="backslashreplace")  # a message in any encoding (PYTHONIOENCODING=ascii)
     if not help_page:
         keep_stdout_for_results()
     try:
         app()
-    except KeyboardInterrupt:  # raised outside a command, e.g. while importing
-        sys.exit(130)
+    except KeyboardInterrupt as e:  # raised outside a command, e.g. while importing
+        sys.exit(interrupted_exit_code(e))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from typing import Annotated
 
@@ -11,7 +12,7 @@ from typer.core import TyperGroup
 
 from dtg_cli import __version__
 from dtg_cli.cli.ui import err, escape
-from dtg_cli.errors import DtgError, SettingError
+from dtg_cli.errors import DtgError, SettingError, Terminated
 
 # click's UsageError, the base of every bad flag or value error. Typer exports its subclass BadParameter
 # but not the class itself (from 0.24 on, Typer carries its own click and raises only that one's errors).
@@ -34,9 +35,9 @@ class _ErrorBoundary(TyperGroup):
             command = e.ctx.command_path if e.ctx else "dtg"
             err.print(f"[red]error:[/] {escape(e.format_message())} (see {command} --help)", soft_wrap=True)
             raise typer.Exit(2) from None
-        except KeyboardInterrupt:
-            err.print("[red]interrupted[/]")
-            raise typer.Exit(130) from None
+        except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (`Terminated`)
+            err.print("[red]terminated[/]" if isinstance(e, Terminated) else "[red]interrupted[/]")
+            raise typer.Exit(interrupted_exit_code(e)) from None
         except BrokenPipeError:  # the reader went away (`dtg ... | head`): nothing to say
             _silence_stdout()
             raise typer.Exit(141) from None
@@ -49,6 +50,40 @@ class _ErrorBoundary(TyperGroup):
             raise typer.Exit(1) from None
 
 
+def interrupted_exit_code(e: KeyboardInterrupt) -> int:
+    return Terminated.exit_code if isinstance(e, Terminated) else 130
+
+
+def on_signal(signum: int, frame) -> None:
+    """SIGINT raises KeyboardInterrupt and SIGTERM `Terminated` (a KeyboardInterrupt), so that both close
+    what is open on their way out. One that lands inside llama.cpp's log callback would be dropped there by
+    ctypes, so it is delivered again a moment later, when Python code outside the callback runs."""
+    llama = sys.modules.get("dtg_cli.llama")
+    if llama is not None and llama.in_log_callback(frame):
+        import _thread
+        import threading
+
+        threading.Timer(0.05, _thread.interrupt_main, args=(signum,)).start()
+        return
+    raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+
+
+class _ClosedStdout:
+    """sys.stdout when file descriptor 1 was closed (`dtg ... >&-`): writing a result is an error."""
+
+    encoding = "utf-8"
+    errors = "strict"
+
+    def write(self, text: str) -> int:
+        raise DtgError("stdout is closed, and dtg writes its results there; redirect it to a file or /dev/null")
+
+    def flush(self) -> None:
+        pass
+
+    def isatty(self) -> bool:
+        return False
+
+
 def _silence_stdout() -> None:
     """After a failed write, drop what is still buffered instead of failing again at exit."""
     sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - lives until exit
@@ -59,13 +94,20 @@ def keep_stdout_for_results() -> None:
     Results go through `sys.stdout` only, so fd 1 is pointed at stderr and `sys.stdout` gets the real
     stdout on a descriptor of its own: whatever happens inside llama.cpp, stdout holds results only."""
     try:
+        os.fstat(1)
+    except OSError:  # closed: a file dtg opens must not take descriptor 1, which llama.cpp writes to
+        os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
+        sys.stdout = _ClosedStdout()
+        return
+    try:
         sys.stdout.flush()
         results = os.dup(1)
         os.dup2(2, 1)
     except (OSError, ValueError, AttributeError):
         return
+    # A character the terminal's encoding cannot hold (PYTHONIOENCODING=ascii) is written as an escape.
     sys.stdout = open(  # noqa: SIM115 - lives until exit
-        results, "w", encoding=sys.stdout.encoding, errors=sys.stdout.errors, buffering=1 if os.isatty(results) else -1
+        results, "w", encoding=sys.stdout.encoding, errors="backslashreplace", buffering=1 if os.isatty(results) else -1
     )
 
 

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from dtg_cli.cli.app import app
+from dtg_cli.cli.app import app, interrupted_exit_code
 from dtg_cli.cli.options import (
     _OUTPUT,
     EscapeTags,
@@ -26,7 +26,7 @@ from dtg_cli.cli.options import (
     with_settings,
 )
 from dtg_cli.cli.ui import BatchProgress, StderrProgress, err, escape, setup_logging, stderr_is_terminal
-from dtg_cli.errors import DtgError
+from dtg_cli.errors import DtgError, Terminated
 
 
 @app.command()
@@ -119,11 +119,11 @@ def batch(
                 style=style, on_error=lambda message: err.print(f"[yellow]skipped:[/] {escape(message)}", soft_wrap=True),
                 on_progress=bar.update if bar else None, summary=summary,
             )  # fmt: skip
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM
         err.print(escape(summary.line()), soft_wrap=True)
-        where = f"; run the same command with --resume to finish {output}" if output not in (None, "-") else ""
-        err.print(f"[red]interrupted[/]{escape(where)}", soft_wrap=True)
-        raise typer.Exit(130) from None
+        where = "" if batching.is_stdout(output) else f"; run the same command with --resume to finish {output}"
+        err.print(f"[red]{'terminated' if isinstance(e, Terminated) else 'interrupted'}[/]{escape(where)}", soft_wrap=True)
+        raise typer.Exit(interrupted_exit_code(e)) from None
     except DtgError:
         if summary.records:  # what was written before the error; a run that wrote nothing says the error alone
             err.print(escape(summary.line()), soft_wrap=True)
@@ -149,6 +149,7 @@ def merge(
     A result found in two files, or a record found in none, stops the merge with an error."""
     from dtg_cli import batch as batching
     from dtg_cli.output import LINE_KINDS, check_kind
+    from dtg_cli.tagtext import printable
 
     check_kind(output_format, LINE_KINDS)
     out = sys.stdout.buffer if hasattr(sys.stdout, "buffer") else None
@@ -158,7 +159,7 @@ def merge(
         into = None
     for record, raw in batching.merge([str(f) for f in files], allow_gaps=allow_gaps, output=into):
         if output_format == "text":
-            sys.stdout.write(record["text"] + "\n")
+            sys.stdout.write(printable(record["text"]) + "\n")  # one line, as dtg batch writes it
         elif out is not None:
             sys.stdout.flush()
             out.write(raw)

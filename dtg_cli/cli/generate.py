@@ -56,48 +56,55 @@ def generate(
 
     The first use of a model downloads it from Hugging Face (Dart v2 is converted to GGUF once).
     """
-    import itertools
-    from dataclasses import replace
 
     from dtg_cli.api import open_model
     from dtg_cli.errors import UsageError
     from dtg_cli.output import check_kind
     from dtg_cli.settings import Request
-    from dtg_cli.tagtext import split_tags
 
     setup_logging(verbose)
     check_kind(output_format)
     style = _style(order, template, escape_tags, underscores)
     base = Request.from_settings({**settings, "tags": "" if tags in (None, "-") else tags})
     lines = None if tags is None and settings["nl"] is not None else _input_lines(tags)  # --nl alone is the prompt
-    first = next(lines, None) if lines is not None else None
-    if lines is not None and first is None:
-        raise UsageError("no input: stdin had no lines (give TAGS, or one comma-separated prompt per line)")
-    with StderrProgress() as progress:
-        generator = open_model(
-            model, quant, prompt_format=prompt_format, n_gpu_layers=n_gpu_layers, threads=threads, progress=progress, request=base
-        )
     log = logging.getLogger("dtg")
-    with generator, ResultOutput(output_format, style) as out:
-        log.info(f"{generator.name}: {generator.model.path} ({generator.format.name} prompt), loaded in {generator.load_s:.2f} s")
-        if lines is None:
-            results = generator.generate(base, out.stream, parallel=parallel)
-        else:
-            from dtg_cli.outcomes import Task
-            from dtg_cli.scheduler import QueuedSource
+    with ResultOutput(output_format, style) as out:  # from here, an interrupted run leaves valid output (`[]`)
+        first = next(lines, None) if lines is not None else None
+        if lines is not None and first is None:
+            raise UsageError("no input: stdin had no lines (give TAGS, or one comma-separated prompt per line)")
+        with StderrProgress() as progress:
+            generator = open_model(
+                model, quant, prompt_format=prompt_format, n_gpu_layers=n_gpu_layers, threads=threads, progress=progress, request=base
+            )
+        with generator:
+            _generate(generator, base, lines, first, out, parallel, log)
 
-            tasks = (
-                line if isinstance(line, DtgError) else Task(replace(base, tags=tuple(split_tags(line))))
-                for line in itertools.chain([first], lines)
-            )
-            results = _results(generator.run(QueuedSource(tasks), parallel=parallel, stream=out.stream))
-        for result in results:
-            out.write(result)
-            t = result.timings
-            log.info(
-                f"seed {result.seed}: {len(result.new_tags)} new tags, {t['new_tokens']} tokens in "
-                f"{t['generate_s']:.3f} s ({t['tokens_per_s']} tokens/s), stopped by {result.stop}"
-            )
+
+def _generate(generator, base, lines, first, out, parallel, log) -> None:
+    """Results for the one prompt (`lines` None) or for each line of `first` and `lines`, written to `out`."""
+    import itertools
+    from dataclasses import replace
+
+    from dtg_cli.outcomes import Task
+    from dtg_cli.scheduler import QueuedSource
+    from dtg_cli.tagtext import split_tags
+
+    log.info(f"{generator.name}: {generator.model.path} ({generator.format.name} prompt), loaded in {generator.load_s:.2f} s")
+    if lines is None:
+        results = generator.generate(base, out.stream, parallel=parallel)
+    else:
+        tasks = (
+            line if isinstance(line, DtgError) else Task(replace(base, tags=tuple(split_tags(line))))
+            for line in itertools.chain([first], lines)
+        )
+        results = _results(generator.run(QueuedSource(tasks), parallel=parallel, stream=out.stream))
+    for result in results:
+        out.write(result)
+        t = result.timings
+        log.info(
+            f"seed {result.seed}: {len(result.new_tags)} new tags, {t['new_tokens']} tokens in "
+            f"{t['generate_s']:.3f} s ({t['tokens_per_s']} tokens/s), stopped by {result.stop}"
+        )
 
 
 def _results(outcomes):

@@ -9,6 +9,7 @@ from dtg_cli.cli.app import app
 from dtg_cli.cli.options import Verbose
 from dtg_cli.cli.ui import StderrProgress, err, setup_logging
 from dtg_cli.errors import DtgError
+from dtg_cli.tagtext import printable
 
 models_app = typer.Typer(help="List, download, inspect and remove models.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
@@ -49,7 +50,7 @@ def models_list(
     ]
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     for row in table:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)).rstrip())
+        print(printable("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)).rstrip()))
 
 
 @models_app.command("pull")
@@ -104,10 +105,10 @@ def models_info(
         return
     for section, values in info.items():
         if isinstance(values, str):
-            print(f"{section}: {values}")
+            print(printable(f"{section}: {values}"))
             continue
-        for key, value in values.items():
-            print(f"{key}: {_human(key, value)}")
+        for key, value in values.items():  # a GGUF's metadata is text from anywhere: one line each, no escapes
+            print(printable(f"{key}: {_human(key, value)}"))
 
 
 def _human(key: str, value) -> str:

@@ -30,9 +30,8 @@ def tags_check(
     Exits with 1 when a tag is unknown to the database or to the model's vocabulary. Only a model
     already on disk is checked against; nothing is downloaded.
     """
-    import json
 
-    from dtg_cli.output import check_kind
+    from dtg_cli.output import check_kind, json_text
     from dtg_cli.quants import parse_quant
     from dtg_cli.reading import check_tags
     from dtg_cli.store import tag_vocabulary
@@ -50,7 +49,7 @@ def tags_check(
         err.print(f"[yellow]note:[/] {escape(why)}", soft_wrap=True)
     rows = check_tags(text, vocabulary)
     if output_format == "json":
-        sys.stdout.write(json.dumps({"model": name, "tags": rows}, ensure_ascii=False, indent=2) + "\n")
+        sys.stdout.write(json_text({"model": name, "tags": rows}, indent=2) + "\n")
     else:
         from rich.table import Table
 
@@ -78,10 +77,9 @@ def tags_search(
 
     Exits with 1 when none matches.
     """
-    import json
 
     from dtg_cli.errors import UsageError
-    from dtg_cli.output import check_kind
+    from dtg_cli.output import check_kind, json_text
     from dtg_cli.tagdb import DANBOORU_CATEGORIES, database, key
 
     output_format = check_kind(output_format, TABLE_FORMATS)
@@ -93,9 +91,7 @@ def tags_search(
         raise UsageError(f"--category: {category!r} is not one of {', '.join(DANBOORU_CATEGORIES.values())}")
     found = database().search(pattern, limit=limit, category=category)
     if output_format == "json":
-        sys.stdout.write(
-            json.dumps([{"tag": t.name, "category": t.category, "posts": t.count} for t in found], ensure_ascii=False, indent=2) + "\n"
-        )
+        sys.stdout.write(json_text([{"tag": t.name, "category": t.category, "posts": t.count} for t in found], indent=2) + "\n")
     elif found:
         from rich.table import Table
 

@@ -17,9 +17,7 @@ class _LazyConsole:
     def real(self):
         """The Console itself, for rich widgets that take one (Progress, Live)."""
         if _LazyConsole._console is None:
-            from rich.console import Console  # start-up: see the class docstring
-
-            _LazyConsole._console = Console(stderr=True, highlight=False, emoji=False)
+            _LazyConsole._console = console_class()(file=_BestEffortStderr(), highlight=False, emoji=False)
         return _LazyConsole._console
 
     def __getattr__(self, name):
@@ -46,17 +44,54 @@ def stderr_is_terminal() -> bool:
     return may_be_terminal(sys.stderr) and err.is_terminal
 
 
-def stdout_console():
+def console_class():
+    """rich's Console, where a reader that went away (`dtg tags search ... | head`) is a BrokenPipeError for
+    the CLI's boundary (exit 141, as for results) instead of rich's own exit 1."""
     from rich.console import Console  # start-up: see _LazyConsole
 
-    return Console(highlight=False, emoji=False)
+    class _Console(Console):
+        def on_broken_pipe(self) -> None:
+            raise BrokenPipeError
+
+    return _Console
+
+
+class _BestEffortStderr:
+    """stderr for messages: a write that fails (a full disk, `2>/dev/full`) is dropped instead of ending
+    the run, whose results on stdout are what matters. It is whatever `sys.stderr` is at each write."""
+
+    @property
+    def _stream(self):
+        return sys.stderr
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except (OSError, ValueError):
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except (OSError, ValueError):
+            pass
+
+    def __getattr__(self, name):  # isatty, fileno, encoding: rich reads them to lay out its output
+        return getattr(self._stream, name)
+
+
+def stdout_console():
+    return console_class()(highlight=False, emoji=False)
 
 
 def escape(text: str) -> str:
-    """rich markup escaping, imported when first needed (start-up)."""
+    """Text from outside (user input, a model's vocabulary or metadata) as rich prints it: control
+    characters as escapes (`tagtext.printable`), markup escaped; rich is imported when first needed."""
     from rich.markup import escape as rich_escape
 
-    return rich_escape(text)
+    from dtg_cli.tagtext import printable
+
+    return rich_escape(printable(text))
 
 
 class _WarningHandler(logging.Handler):
@@ -123,9 +158,7 @@ class ResultOutput:
         self.style = style
         self.console = None  # rich's, for the live line: only on a terminal
         if kind == "text" and style.order == "model" and may_be_terminal(sys.stdout):  # other orders need the whole result
-            from rich.console import Console  # start-up: see _LazyConsole
-
-            self.console = Console(highlight=False, soft_wrap=True, emoji=False)
+            self.console = console_class()(highlight=False, soft_wrap=True, emoji=False)
         self.live = self.console is not None and self.console.is_terminal
         self.stream = LiveLine(self) if self.live else None
 
@@ -136,7 +169,8 @@ class ResultOutput:
         # Also on Ctrl-C: what was written stays valid (the array is closed, a live line is ended).
         if self.stream is not None and self.stream.open:
             self.console.print()
-        self.writer.close(failed=exc[0] is not None)
+        # An interrupted run still gives valid JSON (`[]` before the first result); a failed one nothing.
+        self.writer.close(failed=exc[0] is not None and not issubclass(exc[0], KeyboardInterrupt))
         sys.stdout.flush()
 
     def write(self, result) -> None:

@@ -91,7 +91,7 @@ class DartV2Family(Family):
         return metadata.get("tokenizer.ggml.model") in (None, "none") and isinstance(metadata.get(HF_JSON_KEY), str)
 
     def tokenizer(self, model) -> TagTokenizer:
-        return TagTokenizer(model.metadata(HF_JSON_KEY))
+        return TagTokenizer(model.metadata(HF_JSON_KEY), n_vocab=model.n_vocab)
 
     def tag_vocabulary(self, metadata: dict[str, Any]) -> frozenset[str]:
         return TagTokenizer(metadata[HF_JSON_KEY]).vocabulary
