@@ -16,6 +16,7 @@ from pathlib import Path
 
 from dtg_cli import jsontext
 from dtg_cli.errors import CheckpointError
+from dtg_cli.gguf_header import BOUNDS
 
 log = logging.getLogger("dtg")
 
@@ -123,17 +124,17 @@ class ModelConfig:
         if cfg.get("quantization_config") is not None:
             raise CheckpointError(f"{path}: quantization_config is set: this is a quantized checkpoint; convert the unquantized one")
 
-        hidden = keys.integer("hidden_size")
-        n_heads = keys.integer("num_attention_heads")
+        hidden = keys.integer("hidden_size", bound="embedding_length")
+        n_heads = keys.integer("num_attention_heads", bound="attention.head_count")
         # transformers writes null for "derive it" in these two
-        n_kv_heads = keys.integer("num_key_value_heads", default=n_heads, null=n_heads)
+        n_kv_heads = keys.integer("num_key_value_heads", default=n_heads, null=n_heads, bound="attention.head_count_kv")
         head_dim = keys.integer("head_dim", default=hidden // n_heads, null=hidden // n_heads)
         if n_heads % n_kv_heads:
             raise CheckpointError(f"{path}: num_attention_heads {n_heads} is not a multiple of num_key_value_heads {n_kv_heads}")
         if head_dim % 2:
             raise CheckpointError(f"{path}: head_dim {head_dim} is odd; rope needs an even head size")
 
-        context = keys.integer("max_position_embeddings", default=defaults["max_position_embeddings"])
+        context = keys.integer("max_position_embeddings", default=defaults["max_position_embeddings"], bound="context_length")
         window = None
         if "sliding_window" in _READ[arch]:
             window = keys.integer("sliding_window", default=defaults["sliding_window"], null=None)  # null: no window
@@ -161,7 +162,7 @@ class ModelConfig:
 
         n_experts = n_used = 0
         if arch == "MixtralForCausalLM":
-            n_experts = keys.integer("num_local_experts")
+            n_experts = keys.integer("num_local_experts", bound="expert_count")
             n_used = keys.integer("num_experts_per_tok", default=2)
             if not 1 <= n_used <= n_experts:
                 raise CheckpointError(f"{path}: num_experts_per_tok {n_used} must be between 1 and num_local_experts {n_experts}")
@@ -169,16 +170,16 @@ class ModelConfig:
         rope_theta, linear_factor = _rope(cfg, keys, defaults["rope_theta"], path)
         config = cls(
             architecture=arch,
-            vocab_size=keys.integer("vocab_size"),
+            vocab_size=keys.integer("vocab_size", bound="vocab_size"),
             hidden_size=hidden,
-            intermediate_size=keys.integer("intermediate_size"),
-            n_layers=keys.integer("num_hidden_layers"),
+            intermediate_size=keys.integer("intermediate_size", bound="feed_forward_length"),
+            n_layers=keys.integer("num_hidden_layers", bound="block_count"),
             n_heads=n_heads,
             n_kv_heads=n_kv_heads,
             head_dim=head_dim,
             context_length=context,
             rope_theta=rope_theta,
-            rms_eps=keys.number("rms_norm_eps", default=defaults["rms_norm_eps"]),
+            rms_eps=keys.number("rms_norm_eps", default=defaults["rms_norm_eps"], low=0, high=1),  # llama.cpp aborts on eps < 0
             activation=activation,
             tie_embeddings=keys.boolean("tie_word_embeddings", default=False),
             rope_linear_factor=linear_factor,
@@ -263,20 +264,28 @@ class _Keys:
     def _bad(self, key: str, value, what: str) -> CheckpointError:
         return CheckpointError(f"{self.path}: {self.name(key)} must be {what}, got {json.dumps(value)}")
 
-    def integer(self, key: str, default=_REQUIRED, null=_REFUSED) -> int | None:
+    def integer(self, key: str, default=_REQUIRED, null=_REFUSED, bound: str | None = None) -> int | None:
+        """`bound`: the GGUF hyperparameter whose range (`gguf_header.BOUNDS`) the value must be within, the
+        same range a GGUF file is checked against before llama.cpp loads it."""
         value, done = self._get(key, default, null)
         if done:
             return value
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
             raise self._bad(key, value, "a positive whole number")
+        if bound is not None and not BOUNDS[bound][0] <= value <= BOUNDS[bound][1]:
+            raise self._bad(key, value, f"at most {BOUNDS[bound][1]} for a model dtg runs")
         return value
 
-    def number(self, key: str, default=_REQUIRED) -> float:
+    def number(self, key: str, default=_REQUIRED, low: float = -math.inf, high: float = math.inf) -> float:
+        """A finite number (a huge int is compared, never converted), strictly between `low` and `high`."""
         value, done = self._get(key, default)
         if done:
             return value
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        finite = isinstance(value, float) and math.isfinite(value) or isinstance(value, int) and abs(value) < 10**300
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not finite:
             raise self._bad(key, value, "a number")
+        if not low < value < high:
+            raise self._bad(key, value, f"a number between {low} and {high}")
         return float(value)
 
     def string(self, key: str, default=_REQUIRED) -> str:

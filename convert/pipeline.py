@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import logging
 import os
+import re
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # a system without advisory locks
+    fcntl = None
 
 from dtg_cli.convert.hf_to_gguf import SourceInfo, read_license, write_gguf_f16
 from dtg_cli.convert.quantize import quantize
@@ -78,8 +85,11 @@ def convert(
     else:
         raise DtgError(f"{src_text}: not a checkpoint directory nor a hub repo id (owner/name)")
     name = name or (repo.split("/")[-1] if repo else directory.resolve().name)
-    if not name or "/" in name or name.startswith("."):
-        raise UsageError(f"invalid model name {name!r}")
+    if not _NAME.fullmatch(name) or name.startswith(".") or len(name) > 200:
+        raise UsageError(
+            f"invalid model name {name!r}: at most 200 characters, not starting with a dot, without / \\ * ? [ ] or "
+            "control characters (--name gives another)"
+        )
 
     targets = {q: out_dir / f"{name}-{FILE_SUFFIXES[q]}.gguf" for q in quants}
     existing = [q for q, p in targets.items() if p.exists()]
@@ -89,9 +99,15 @@ def convert(
         for q in existing:  # an interrupted run: finish what is missing
             log.warning("keeping %s, which exists (--force replaces it)", targets[q])
     _prepare_out_dir(out_dir)
-    _remove_scratch_files(out_dir, name)
-    todo = [q for q in quants if force or q not in existing]
+    with _only_run(out_dir):
+        _remove_scratch_files(out_dir, name)  # a killed run's: no other run is writing here
+        return _convert(
+            directory, out_dir, name, targets, [q for q in quants if force or q not in existing], repo, revision, threads, progress
+        )
 
+
+def _convert(directory, out_dir, name, targets, todo, repo, revision, threads, progress) -> list[Path]:
+    """The conversion itself, with the output folder held (`_only_run`): the F16 file, then each quant of `todo`."""
     source = SourceInfo(name=name, repo=repo, revision=revision or _snapshot_revision(directory), license=read_license(directory))
     # The F16 file is the source of every quantization: written first, kept only if asked for.
     with contextlib.ExitStack() as stack:
@@ -114,11 +130,39 @@ def convert(
     return list(targets.values())
 
 
+# A model name: it is part of file names and of the pattern that finds a killed run's files.
+_NAME = re.compile(r"[^\x00-\x1f\x7f-\x9f/\\*?\[\]]+")
+
+
+@contextlib.contextmanager
+def _only_run(out_dir: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the output folder while converting into it, or refuse at once: a second
+    run would take the first's temporary files for a killed run's."""
+    try:
+        folder = os.open(out_dir, os.O_RDONLY)
+    except OSError:
+        yield
+        return
+    try:
+        if fcntl is not None:
+            try:
+                fcntl.flock(folder, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise DtgError(
+                    f"another dtg convert is writing into {out_dir}; wait for it to end, or convert into another folder"
+                ) from None
+            except OSError:  # a file system without locks
+                pass
+        yield
+    finally:
+        os.close(folder)
+
+
 def _remove_scratch_files(out_dir: Path, name: str) -> None:
     """The hidden `.NAME-*.gguf.*.partial` files a killed run left (a finished or interrupted run removes
     its own)."""
     for suffix in FILE_SUFFIXES.values():
-        for stale in out_dir.glob(f".{name}-{suffix}.gguf.*.partial"):
+        for stale in out_dir.glob(f".{glob.escape(name)}-{suffix}.gguf.*.partial"):
             stale.unlink(missing_ok=True)
 
 

@@ -6,6 +6,7 @@ memory of a conversion stays at about one tensor, whatever the checkpoint's size
 
 from __future__ import annotations
 
+import math
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,14 +56,14 @@ def _read_header(path: Path) -> list[TensorEntry]:
     for name, info in header.items():
         if name == "__metadata__":
             continue
-        try:
-            dtype, shape, (begin, end) = info["dtype"], tuple(int(d) for d in info["shape"]), info["data_offsets"]
-        except (KeyError, TypeError, ValueError) as e:
-            raise CheckpointError(f"{path}: corrupt safetensors header entry for {name!r}") from e
+        dtype, shape, offsets = (info.get(k) for k in ("dtype", "shape", "data_offsets")) if isinstance(info, dict) else (None,) * 3
+        if not (_counts(shape, most=8) and _counts(offsets, most=2) and len(offsets) == 2 and offsets[0] <= offsets[1]):
+            raise CheckpointError(f"{path}: corrupt safetensors header entry for {name!r}")
         if dtype not in _DTYPES:
             raise CheckpointError(f"{path}: tensor {name!r} has dtype {dtype}; only F32, F16 and BF16 checkpoints are supported")
+        shape, (begin, end) = tuple(shape), offsets
         nbytes = end - begin
-        if nbytes != int(np.prod(shape, dtype=np.int64)) * _DTYPES[dtype].itemsize:
+        if nbytes != math.prod(shape) * _DTYPES[dtype].itemsize:
             raise CheckpointError(f"{path}: tensor {name!r} has a size that does not match its shape; the file is corrupt")
         if data_start + end > size:
             raise CheckpointError(
@@ -70,6 +71,11 @@ def _read_header(path: Path) -> list[TensorEntry]:
             )
         entries.append(TensorEntry(name, path, dtype, shape, data_start + begin, nbytes))
     return entries
+
+
+def _counts(value, most: int) -> bool:
+    """A list of at most `most` whole numbers from 0 (JSON's 2.0, a string or true is none)."""
+    return isinstance(value, list) and len(value) <= most and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value)
 
 
 class SafetensorsCheckpoint:
@@ -83,8 +89,12 @@ class SafetensorsCheckpoint:
             try:
                 weight_map = jsontext.loads(index.read_text())["weight_map"]
                 shards = sorted(set(weight_map.values()))
-            except (OSError, ValueError, KeyError, TypeError) as e:
+            except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
                 raise CheckpointError(f"{index}: unreadable safetensors index") from e
+            # A shard is a file of this folder, named by the index: never a path that leads out of it.
+            outside = [s for s in shards if not isinstance(s, str) or Path(s).name != s or s in ("", ".", "..")]
+            if outside:
+                raise CheckpointError(f"{index}: the weight map names {outside[0]!r}, which is not a file name in the checkpoint folder")
             files = [self.directory / s for s in shards]
             missing = [f.name for f in files if not f.is_file()]
             if missing:

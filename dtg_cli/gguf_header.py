@@ -202,7 +202,7 @@ def _check_norm_epsilon(path: str | Path, meta: dict[str, Any]) -> None:
 
 # Bounds of the hyperparameters of any model dtg runs, with room to spare; llama.cpp's own limits are
 # LLAMA_MAX_EXPERTS (512) and GGML's 512 threads.
-_BOUNDS = {
+BOUNDS = {
     "block_count": (1, 1024),
     "context_length": (1, 1 << 20),
     "embedding_length": (1, 1 << 16),
@@ -210,6 +210,7 @@ _BOUNDS = {
     "attention.head_count": (1, 1024),
     "attention.head_count_kv": (1, 1024),
     "expert_count": (1, 512),
+    "vocab_size": (1, 1 << 20),
 }
 
 
@@ -220,7 +221,7 @@ def check_hyperparameters(path: str | Path, meta: dict[str, Any]) -> None:
     if not isinstance(arch, str):
         raise ModelFileError(f"{path}: no general.architecture in the GGUF metadata; convert it again")
     values: dict[str, int] = {}
-    for name, (low, high) in _BOUNDS.items():
+    for name, (low, high) in BOUNDS.items():
         key = f"{arch}.{name}"
         if key not in meta:
             continue

@@ -505,3 +505,85 @@ def test_string_lengths_a_gguf_claims_are_checked_before_anything_is_allocated(t
     monkeypatch.setattr(gguf_header, "_MAX_STRINGS", 300)  # six strings of 60 bytes pass 300 in all
     with pytest.raises(ModelFileError, match="more than 300 bytes of strings"):
         gguf_header.read_metadata(many)
+
+
+# --- 10. convert inputs ------------------------------------------------------------------------------
+
+
+def test_a_second_convert_into_the_same_folder_refuses_instead_of_deleting_the_firsts_files(checkpoints, tmp_path):
+    out = tmp_path / "out"
+    first = subprocess.Popen(
+        [*DTG, "convert", str(checkpoints["dart-moe"]), "--out", str(out), "--name", "a"], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    deadline = time.monotonic() + 120
+    while not list(out.glob(".a-*.partial")) and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    second = dtg("convert", checkpoints["dart-moe"], "--out", out, "--name", "a")
+    out_a, err_a = first.communicate(timeout=300)
+    assert first.returncode == 0, err_a
+    assert len(out_a.splitlines()) == 3 and all(os.path.getsize(p) > 0 for p in out_a.decode().split())
+    if second.returncode != 0:  # it started while the first was writing (the usual case)
+        assert b"another dtg convert is writing into" in second.stderr and second.stdout == b""
+
+
+@pytest.mark.parametrize("name", ["*", "x\ny", "a/b", ".hidden", "a[1]", "x" * 300])
+def test_a_model_name_that_is_no_plain_file_name_is_refused(checkpoints, tmp_path, name):
+    result = run("convert", checkpoints["dart-moe"], "--out", tmp_path / "out", "--name", name, "--quant", "f16")
+    assert_one_line_error(result, "invalid model name")
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
+
+
+@pytest.mark.parametrize(
+    "key, value, fragment",
+    [
+        ("num_hidden_layers", 1_000_000, "num_hidden_layers must be at most 1024 for a model dtg runs, got 1000000"),
+        ("max_position_embeddings", 2**40, "max_position_embeddings must be at most 1048576"),
+        ("rms_norm_eps", 10**400, "rms_norm_eps must be a number, got 1000"),
+        ("rms_norm_eps", -1, "rms_norm_eps must be a number between 0 and 1, got -1"),
+        ("vocab_size", 10**9, "vocab_size must be at most 1048576"),
+    ],
+)
+def test_config_values_are_bounded_like_a_ggufs(checkpoint_copy, tmp_path, key, value, fragment):
+    source = checkpoint_copy("dart-moe")
+    config = json.loads((source / "config.json").read_text())
+    config[key] = value
+    (source / "config.json").write_text(json.dumps(config))
+    started = time.monotonic()
+    assert_one_line_error(run("convert", source, "--out", tmp_path / "out", "--quant", "f16"), fragment)
+    assert time.monotonic() - started < 30
+
+
+def rewrite_safetensors_header(path, change):
+    import struct
+
+    data = path.read_bytes()
+    (n,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8 : 8 + n])
+    change(header)
+    text = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(text)) + text + data[8 + n :])
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda h: h[next(k for k in h if k != "__metadata__")].update(data_offsets=["0", "8"]),
+        lambda h: h[next(k for k in h if k != "__metadata__")].update(shape=[2.5, 4]),
+        lambda h: h[next(k for k in h if k != "__metadata__")].update(shape=[True]),
+    ],
+    ids=["string offsets", "float shape", "bool shape"],
+)
+def test_a_safetensors_header_of_the_wrong_types_is_one_line(checkpoint_copy, tmp_path, change):
+    source = checkpoint_copy("dart-moe")
+    rewrite_safetensors_header(source / "model.safetensors", change)
+    assert_one_line_error(run("convert", source, "--out", tmp_path / "out", "--quant", "f16"), "corrupt safetensors header entry")
+
+
+def test_a_weight_map_that_leads_out_of_the_checkpoint_is_refused(checkpoint_copy, tmp_path):
+    source = checkpoint_copy("dart-moe")
+    (source / "model.safetensors").rename(source / "model-00001-of-00001.safetensors")
+    weight_map = {"model.embed_tokens.weight": "../../../../etc/passwd", "lm_head.weight": "model-00001-of-00001.safetensors"}
+    (source / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    assert_one_line_error(
+        run("convert", source, "--out", tmp_path / "out", "--quant", "f16"), "names '../../../../etc/passwd', which is not a file name"
+    )
