@@ -180,8 +180,9 @@ def parse_aspect_ratio(value: str | float | int) -> float:
         ratio = float(value)
     else:
         text = str(value).strip().lower()
-        if text.replace("-", "_") in ASPECT_RATIOS:
-            return ASPECT_RATIOS[text.replace("-", "_")]
+        name = text.replace("-", "_")  # a name's dashes, not a number's (5e-1)
+        if name in ASPECT_RATIOS:
+            return ASPECT_RATIOS[name]
         parts = re.split(r"[:x/]", text)
         try:
             numbers = [float(p) for p in parts]

@@ -22,7 +22,7 @@ def main(help_page: bool = False) -> None:
     by the terminal stdout is on; any other command keeps stdout for results (`keep_stdout_for_results`)."""
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
-    if sys.stderr is not None:
+    if hasattr(sys.stderr, "reconfigure"):  # a real text stream (not None, not a caller's buffer)
         sys.stderr.reconfigure(errors="backslashreplace")  # a message in any encoding (PYTHONIOENCODING=ascii)
     if not help_page:
         keep_stdout_for_results()

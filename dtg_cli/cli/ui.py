@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import sys
@@ -44,6 +45,7 @@ def stderr_is_terminal() -> bool:
     return may_be_terminal(sys.stderr) and err.is_terminal
 
 
+@functools.cache
 def console_class():
     """rich's Console, where a reader that went away (`dtg tags search ... | head`) is a BrokenPipeError for
     the CLI's boundary (exit 141, as for results) instead of rich's own exit 1."""
