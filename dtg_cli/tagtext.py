@@ -4,6 +4,7 @@ escaping. Below the settings table, which validates with these."""
 from __future__ import annotations
 
 import fnmatch
+import functools
 import re
 from collections.abc import Callable, Iterable
 
@@ -32,8 +33,14 @@ MAX_BAN_CHARS = 1024
 def compile_bans(patterns: Iterable[str]) -> Callable[[str], bool]:
     """A predicate for `--ban` patterns: globs (`*hair*`, case-insensitive, whole tag) or `re:REGEX` (search,
     case-insensitive, RE2 syntax: no pattern can make matching take more than linear time). At most
-    MAX_BANS patterns of at most MAX_BAN_CHARS characters each."""
-    patterns = list(patterns)
+    MAX_BANS patterns of at most MAX_BAN_CHARS characters each. A request's bans are compiled when it is
+    built and again when it is prepared, and a batch repeats them record after record: the last few lists
+    are kept compiled."""
+    return _compiled_bans(tuple(patterns))
+
+
+@functools.lru_cache(maxsize=16)
+def _compiled_bans(patterns: tuple[str, ...]) -> Callable[[str], bool]:
     if len(patterns) > MAX_BANS:
         raise SettingError(f"{setting('ban')}: {len(patterns)} patterns; at most {MAX_BANS}")
     globs, regexes = [], []

@@ -7,7 +7,7 @@ import os
 import stat
 from collections.abc import Iterator
 
-from dtg_cli.batch.outfile import read_place
+from dtg_cli.batch.outfile import read_place, same_file
 from dtg_cli.batch.records import BatchInputError
 from dtg_cli.errors import UsageError
 
@@ -37,7 +37,7 @@ def _check_input(path: str, output: os.stat_result | None) -> None:
         raise UsageError(
             f"{path}: not a regular file; dtg merge reads each file twice (it checks them before writing), so save a pipe to a file first"
         )
-    if output is not None and (info.st_dev, info.st_ino) == (output.st_dev, output.st_ino):
+    if output is not None and same_file(info, output):
         raise UsageError(f"{path}: the merge's output is this input; write the merge to another file")
 
 

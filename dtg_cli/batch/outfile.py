@@ -71,7 +71,7 @@ def output_format(path: str | None, given: str | None) -> str:
     raise UsageError(f"-o {path}: name it .jsonl or .txt, or give --format jsonl|text")
 
 
-def _same_file(a: os.stat_result, b: os.stat_result) -> bool:
+def same_file(a: os.stat_result, b: os.stat_result) -> bool:
     return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
@@ -92,7 +92,7 @@ def check_output(path: str | None, *, resume: bool, force: bool, input_path: str
     if input_path is not None and target.exists():
         try:
             source = os.fstat(sys.stdin.fileno()) if input_path == "-" else os.stat(input_path)
-            same = _same_file(source, os.stat(target))
+            same = same_file(source, os.stat(target))
         except (OSError, ValueError, AttributeError):  # no stdin, or an input that is checked elsewhere
             same = False
         if same:
