@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -174,13 +175,15 @@ class Generator:
         parallel: int | None = None,
         most: int | None = None,
         stream: Stream | None = None,
+        **server: Any,
     ) -> Iterator[Outcome]:
         """Generate for every `Task` of `items`, up to `parallel` sequences in one decode call; a finished
         sequence's slot takes the next waiting one at once (continuous batching). Outcomes come back in
         input order; items that are not tasks pass through in their place. Sizes not given are chosen from
         the first task (`context_per_sequence`, then `default_parallel`, at most `most`, and no more
-        sequences than an input that ends sooner holds)."""
-        return schedule(self, items, parallel=parallel, most=most, stream=stream)
+        sequences than an input that ends sooner holds). `server`: `schedule`'s `context`, `ordered` and
+        `dropped`, for a caller that serves many clients."""
+        return schedule(self, items, parallel=parallel, most=most, stream=stream, **server)
 
     def sequence(self, prepared: Prepared, variant: int, slot: int) -> Sequence:
         """One variant of a prepared task, to decode in `slot`."""
@@ -190,7 +193,7 @@ class Generator:
 
     def advance(self, s: Sequence, logits: np.ndarray, stream: Stream | None) -> bool:
         """Sample the next token of a sequence; True when the sequence is finished (`dtg_cli.stepping`)."""
-        return self._stepper.advance(s, logits, stream, self.context.n_ctx)
+        return self._stepper.advance(s, logits, stream, s.p.room or self.context.n_ctx)
 
     def result(self, s: Sequence) -> Result:
         p = s.p

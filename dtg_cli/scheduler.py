@@ -3,6 +3,8 @@
 `schedule` is the loop behind `Generator.run`. It asks the generator to prepare each task, sizes the
 context from the first one, starts each variant of a task in a free slot, steps the `Decoder` and hands
 back `Outcome`s in input order, holding at most a window of finished ones that wait for an earlier one.
+A server (`dtg_cli.serve`) runs it with a fixed context, outcomes as they finish, and tasks its
+clients have given up dropped at the next step.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import os
 import queue
 import threading
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
@@ -72,6 +74,8 @@ class Runner(Protocol):
     def result(self, s: Sequence) -> Result: ...
 
 
+DROPPED = DtgError("dropped: its caller gave it up")  # the error of the outcomes of a dropped task
+
 END = object()  # a source has no more items
 NOT_READY = object()  # a source has nothing yet; asking again later may give more
 
@@ -126,13 +130,28 @@ class IterSource(Source):
 
 
 def schedule(
-    generator: Runner, items: Iterable | Source, *, parallel: int | None, most: int | None, stream: Stream | None
+    generator: Runner,
+    items: Iterable | Source,
+    *,
+    parallel: int | None,
+    most: int | None,
+    stream: Stream | None,
+    context: int | None = None,
+    ordered: bool = True,
+    dropped: Callable[[Task], bool] | None = None,
 ) -> Iterator[Outcome]:
     """Generate for every `Task` of `items`, up to `parallel` sequences in one decode; a finished sequence's
     slot takes the next waiting one at once. Outcomes come back in input order; items that are not tasks
     pass through in their place. Sizes not given are chosen from the first task
     (`context_per_sequence`, then `default_parallel`, at most `most`, and no more sequences than an input
-    that ends sooner holds)."""
+    that ends sooner holds).
+
+    For a long-running caller that mixes unrelated tasks (a server): `context` fixes the KV cells of every
+    sequence, and each task keeps the room it would have alone (`context_per_sequence` of its own prompt
+    and token budget, so that its results are those of a run of it alone; one that needs more than
+    `context` is refused); `ordered=False` hands each outcome back as soon as it is finished; `dropped`
+    names tasks whose caller has given up: their sequences leave their slots before the next decode and
+    their outcomes carry `DROPPED`."""
     source = items if isinstance(items, Source) else IterSource(items)
     waiting: deque[tuple[Prepared, int]] = deque()  # variants not in a slot yet
     order: deque[list] = deque()  # [unit, outcome or None] in input order
@@ -144,8 +163,7 @@ def schedule(
     index = 0
     ended = False
     while True:
-        while order and order[0][1] is not None:  # before waiting for more input: a caller may wait for these
-            yield order.popleft()[1]
+        yield from _ready(order, ordered)  # before waiting for more input: a caller may wait for these
         active = sum(s is not None for s in slots)
         # Take input while there are free slots to fill and the reorder window has room. Before the run is
         # sized, that is up to `cap` variants: an input that ends first gets a context for what it holds.
@@ -154,7 +172,8 @@ def schedule(
             and len(waiting) < (max(cap, 1) if decoder is None else max(len(slots) - active, 1))
             and (not window or len(order) < window)
         ):
-            item = source.get(block=not active and not waiting)
+            # Wait for input only with nothing to decode and nothing to hand back (a caller may wait for that).
+            item = source.get(block=not active and not waiting and not _any_ready(order, ordered))
             if item is NOT_READY:
                 break
             if item is END:
@@ -166,10 +185,18 @@ def schedule(
                 continue
             try:
                 prepared = generator.prepare(item, index)
+                alone = context_per_sequence(generator.model, len(prepared.input_ids), prepared.sampling.max_new_tokens)
                 if not n_ctx_seq:
-                    n_ctx_seq = context_per_sequence(generator.model, len(prepared.input_ids), prepared.sampling.max_new_tokens)
+                    n_ctx_seq = context or alone
                     cap = parallel or min(default_parallel(generator.model, n_ctx_seq), most or generator.model.max_sequences())
-                room = decoder.context.n_ctx if decoder is not None else n_ctx_seq
+                if context:
+                    if alone > context:
+                        raise SettingError(
+                            f"the prompt ({len(prepared.input_ids)} tokens) and {setting('max_new_tokens')} "
+                            f"({prepared.sampling.max_new_tokens}) need a context of {alone} tokens; this run has {context} per sequence"
+                        )
+                    prepared.room = alone
+                room = prepared.room or (decoder.context.n_ctx if decoder is not None else n_ctx_seq)
                 if len(prepared.input_ids) >= room:
                     raise SettingError(
                         f"the prompt is {len(prepared.input_ids)} tokens; each sequence has room for {room} "
@@ -199,8 +226,9 @@ def schedule(
                 slots[i] = generator.sequence(prepared, variant, i)
                 if stream:
                     stream.start(slots[i].unit, prepared.layout)
-        while order and order[0][1] is not None:
-            yield order.popleft()[1]
+        if dropped is not None:
+            _drop(slots, waiting, order, dropped)
+        yield from _ready(order, ordered)
         if not any(slots):
             if ended and not waiting and not order:
                 return
@@ -211,3 +239,42 @@ def schedule(
                 if entry[0] == sequence.unit:
                     entry[1] = Outcome(sequence.p.task, sequence.variant, result=generator.result(sequence))
                     break
+
+
+def _ready(order: deque[list], ordered: bool) -> list[Outcome]:
+    """Take the outcomes that may be handed back now out of `order`: its finished front, or (not `ordered`)
+    every finished one."""
+    ready = []
+    if ordered:
+        while order and order[0][1] is not None:
+            ready.append(order.popleft()[1])
+    elif any(entry[1] is not None for entry in order):
+        kept = [entry for entry in order if entry[1] is None]
+        ready = [entry[1] for entry in order if entry[1] is not None]
+        order.clear()
+        order.extend(kept)
+    return ready
+
+
+def _any_ready(order: deque[list], ordered: bool) -> bool:
+    if ordered:
+        return bool(order) and order[0][1] is not None
+    return any(entry[1] is not None for entry in order)
+
+
+def _drop(slots: list[Sequence | None], waiting: deque, order: deque[list], dropped: Callable[[Task], bool]) -> None:
+    """Take the variants of dropped tasks out of their slots and out of the waiting line; each one's
+    outcome is `DROPPED`."""
+    gone = {}
+    for i, s in enumerate(slots):
+        if s is not None and dropped(s.p.task):
+            slots[i] = None
+            gone[s.unit] = Outcome(s.p.task, s.variant, error=DROPPED)
+    for prepared, variant in list(waiting):
+        if dropped(prepared.task):
+            waiting.remove((prepared, variant))
+            gone[(prepared.index, variant)] = Outcome(prepared.task, variant, error=DROPPED)
+    if gone:
+        for entry in order:
+            if entry[0] in gone:
+                entry[1] = gone[entry[0]]

@@ -39,6 +39,7 @@ class Prepared:
     steps: tuple[Step, ...]  # the model calls of each result (`PromptFormat.steps`)
     retries: int  # continuations of a step that stops below its minimum
     sentences: tuple[int, int | None] = (0, None)  # a written caption's sentences (min, max)
+    room: int = 0  # KV cells this task's sequences may fill; 0: all of a sequence's (`schedule`'s `context`)
 
 
 class Sequence:
