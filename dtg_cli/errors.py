@@ -53,5 +53,10 @@ class SettingError(UsageError):
         parts = self.template.split(_SETTING)
         return "".join(name_of(part) if i % 2 else part for i, part in enumerate(parts))
 
+    @property
+    def names(self) -> list[str]:
+        """The settings the message names, in its order."""
+        return self.template.split(_SETTING)[1::2]
+
     def as_flags(self) -> str:
         return self._render(lambda name: "--" + name.replace("_", "-"))

@@ -37,6 +37,19 @@ class Style:
         return name
 
 
+def style(order: str | None = None, template: str | None = None, escape: bool | None = None, underscores: bool = False) -> Style:
+    """The `Style` of the output options (--order, --template, --escape, --underscores; a request's fields
+    of the same names): a template alone implies order `category`."""
+    from dtg_cli.categories import parse_template
+
+    return Style(
+        order=order or ("category" if template else "model"),
+        template=parse_template(template) if template is not None else DEFAULT_TEMPLATE,
+        escape=escape,
+        underscores=underscores,
+    )
+
+
 def render(layout: Layout, new_tags: Iterable[str], style: Style = Style(), nl: str | None = None) -> tuple[str, list[str]]:
     """A result as one line in the user's syntax, and its tags in that order (escaped and underscored as
     the style says, without emphasis). A caption (`nl`) ends the line, or takes the place of `nl` in the

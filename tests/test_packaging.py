@@ -28,5 +28,6 @@ def test_the_wheel_holds_one_package_with_the_converter_and_the_registry(tmp_pat
     sources = {f"dtg_cli/{p.relative_to(ROOT / 'dtg_cli').as_posix()}" for p in (ROOT / "dtg_cli").rglob("*.py")}
     sources |= {f"dtg_cli/convert/{p.name}" for p in (ROOT / "convert").glob("*.py")}
     assert sources <= set(names), sorted(sources - set(names))  # every module, subpackages included
+    assert "dtg_cli/serve/page.html" in names  # dtg serve's page
     registry = zipfile.ZipFile(wheel).read("dtg_cli/models.toml")
     assert registry == (ROOT / "models.toml").read_bytes()

@@ -57,7 +57,7 @@ class RecordKey:
     first_variant: int  # > 0 when a resumed run finishes a record whose first results were written
 
 
-def _check_types(fields: dict) -> None:
+def check_types(fields: dict) -> None:
     for name, value in fields.items():
         if name == "id":
             if isinstance(value, bool) or not isinstance(value, (str, int)) or value == "":
@@ -66,25 +66,31 @@ def _check_types(fields: dict) -> None:
             SETTING[name].check_type(value)
 
 
+def layered_request(layers: Iterable[dict]) -> Request:
+    """A request from layers of settings, weakest first: a stronger layer's value wins (None is not given),
+    and a stronger layer's image shape (aspect ratio, or width and height) replaces a weaker one's whole.
+    A SettingError names the fields."""
+    merged: dict = {}
+    for layer in layers:
+        given = {k: v for k, v in layer.items() if v is not None}
+        if any(k in given for k in ASPECT_FIELDS):
+            for k in ASPECT_FIELDS:
+                merged.pop(k, None)
+        merged.update(given)
+    sampling = {k: merged.pop(k) for k in SAMPLING if k in merged}
+    return Request.from_options(merged.pop("tags", ""), sampling=sampling, num=merged.pop("num", 1), **merged)
+
+
 def build_task(record: Record, options: dict, file_defaults: dict, base_seed: int) -> Task:
     """A record's request and seeds; raises UsageError for anything invalid."""
     fields = record.fields
     unknown = set(fields) - RECORD_FIELDS
     if unknown:
         raise UsageError(unknown_fields(unknown, RECORD_FIELDS))
-    _check_types(fields)
+    check_types(fields)
     own = {k: v for k, v in fields.items() if k not in ("id", "seed")}
-    merged: dict = {}
-    for layer in ({k: v for k, v in file_defaults.items() if k != "seed"}, options, own):
-        given = {k: v for k, v in layer.items() if v is not None}
-        if any(k in given for k in ASPECT_FIELDS):  # a stronger layer's image shape replaces a weaker one's
-            for k in ASPECT_FIELDS:
-                merged.pop(k, None)
-        merged.update(given)
-    sampling = {k: merged.pop(k) for k in SAMPLING if k in merged}
-    tags = merged.pop("tags", "")
-    num = merged.pop("num", 1)
-    request = Request.from_options(tags, sampling=sampling, num=num, **merged)  # a SettingError names the fields
+    request = layered_request(({k: v for k, v in file_defaults.items() if k != "seed"}, options, own))
+    num = request.num
     record_id = fields.get("id", record.line)
     seed = fields.get("seed")
     if seed is not None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import signal
 import sys
 
-from dtg_cli.cli import batch, convert, generate, models, tags  # noqa: F401 - each registers its commands
+from dtg_cli.cli import batch, convert, generate, models, serve, tags  # noqa: F401 - each registers its commands
 from dtg_cli.cli.app import app, interrupted_exit_code, keep_stdout_for_results, on_signal
 
 __all__ = ["app", "main", "keep_stdout_for_results"]

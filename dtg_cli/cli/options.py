@@ -66,15 +66,9 @@ Underscores = Annotated[
 
 
 def _style(order: str | None, template: str | None, escape_tags: bool | None, underscores: bool):
-    from dtg_cli.categories import DEFAULT_TEMPLATE, parse_template
-    from dtg_cli.rendering import Style
+    from dtg_cli.rendering import style
 
-    return Style(
-        order=order or ("category" if template else "model"),
-        template=parse_template(template) if template is not None else DEFAULT_TEMPLATE,
-        escape=escape_tags,
-        underscores=underscores,
-    )
+    return style(order, template, escape_tags, underscores)
 
 
 def _annotation(item):
