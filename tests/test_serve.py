@@ -311,17 +311,25 @@ def _metric(url: str, name: str) -> float:
 
 
 def test_a_full_queue_is_429_and_a_slow_request_504(models):
-    with Served([models["dantaggen"]], "--parallel", "2", "--max-queue", "1", "--request-timeout", "30") as server:
-        client = Client(server.url)
-        long = threading.Thread(target=lambda: client.generate("1girl", num=40, max_new_tokens=400, length="very_long", seed=1))
+    with Served([models["dantaggen"]], "--parallel", "2", "--max-queue", "1", "--shutdown-timeout", "1") as server:
+        held: list = []  # the request that holds the one place of the queue; it may be cut when the server stops
+
+        def hold() -> None:
+            try:
+                held.append(call(server.url, "/v1/generate", {"tags": "1girl", "num": 40, "max_new_tokens": 400, "length": "very_long"})[0])
+            except OSError as e:
+                held.append(e)
+
+        long = threading.Thread(target=hold)
         long.start()
         deadline = time.monotonic() + 30
         while _metric(server.url, "dtg_active_sequences") == 0 and time.monotonic() < deadline:
             time.sleep(0.01)
         status, body, headers = call(server.url, "/v1/generate", {"tags": "1girl"})
         assert status == 429 and headers["retry-after"] == "1" and "--max-queue" in body["error"]["message"]
-        long.join(60)
         assert _metric(server.url, "dtg_requests_rejected_total") == 1
+    long.join(60)
+    assert held and not long.is_alive()
     with Served([models["dantaggen"]], "--parallel", "2", "--request-timeout", "0.2") as server:
         status, body, _ = call(server.url, "/v1/generate", {"tags": "1girl", "num": 40, "max_new_tokens": 400, "length": "very_long"})
         assert status == 504 and "--request-timeout" in body["error"]["message"]
