@@ -98,3 +98,19 @@ def dart(ggufs):
 def dtg(ggufs):
     """The Q8_0 tiny DanTagGen."""
     return ggufs["dantaggen"]["q8_0"]
+
+
+@pytest.fixture(scope="session")
+def models(ggufs) -> dict[str, Path]:
+    """The Q8_0 tiny model of each family, for `dtg serve`."""
+    return {"dart": ggufs["dart-moe"]["q8_0"], "dantaggen": ggufs["dantaggen"]["q8_0"], "tipo": ggufs["tipo"]["q8_0"]}
+
+
+@pytest.fixture(scope="module")
+def served(models):
+    """`dtg serve` over `models` (loopback, a free port), for the tests of one module; it must exit 0 when stopped."""
+    from tests.servers import Served
+
+    with Served(list(models.values())) as server:
+        yield server
+    assert server.process.returncode == 0, server.stderr.decode()

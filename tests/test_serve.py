@@ -44,18 +44,6 @@ def cli_records(model: Path, tags: str, fields: dict) -> list[dict]:
     return json.loads(done.stdout)
 
 
-@pytest.fixture(scope="module")
-def models(ggufs) -> dict[str, Path]:
-    return {"dart": ggufs["dart-moe"]["q8_0"], "dantaggen": ggufs["dantaggen"]["q8_0"], "tipo": ggufs["tipo"]["q8_0"]}
-
-
-@pytest.fixture(scope="module")
-def served(models):
-    with Served(list(models.values())) as server:
-        yield server
-    assert server.process.returncode == 0, server.stderr.decode()
-
-
 # Requests of every family that exercise conditions, bans, several results, continuations and TIPO's tasks.
 CASES = [
     ("dart", "1girl, cat ears", {"rating": "general", "length": "long", "seed": 1}),
