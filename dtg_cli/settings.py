@@ -108,6 +108,8 @@ class Setting:
             return " ".join(value.split())  # one line: a newline would start a new field of a prompt
         if self.within is not None and not ((not isinstance(value, float) or math.isfinite(value)) and self.within(value)):
             raise SettingError(f"{setting(self.name)}: {value if isinstance(value, float) else shown(value)} must be {self.limits}")
+        if self.kind == "int" and isinstance(value, float):
+            return int(value)  # JSON's 2.0, within its range by now
         return value
 
 
@@ -215,7 +217,7 @@ class Sampling:
 
     def __post_init__(self):
         for f in fields(self):
-            SETTING[f.name].check(getattr(self, f.name))
+            object.__setattr__(self, f.name, SETTING[f.name].check(getattr(self, f.name)))
 
     def with_defaults(self, defaults: Sampling) -> Sampling:
         """These settings with every unset value taken from `defaults`."""
@@ -281,6 +283,7 @@ class Request:
         if width is not None:
             if aspect_ratio is not None:
                 raise SettingError(f"give {setting('aspect_ratio')} or {setting('width')}/{setting('height')}, not both")
+            width, height = (int(v) if isinstance(v, float) and v.is_integer() else v for v in (width, height))  # JSON's 832.0
             if not (isinstance(width, int) and isinstance(height, int) and width > 0 and height > 0):
                 raise SettingError(f"{setting('width')}/{setting('height')}: {shown(width)}x{shown(height)} must be positive integers")
             SETTING["width"].check(width)

@@ -396,3 +396,17 @@ def test_a_summary_without_time_has_no_rate():
         Summary(records=2, results=2, tags=8, elapsed_s=2.0).line()
         == "2 records, 2 results, 8 new tags in 2.0 s (1.00 records/s, 4 tags/s); base seed 0"
     )
+
+
+def test_integers_written_as_json_floats_are_integers(dart, tmp_path):
+    """JSON writers (and Ray Data's columns with gaps) write 3 as 3.0: such a record is the same record."""
+    floats = write(
+        tmp_path / "f.jsonl",
+        '{"tags": "1girl", "seed": 3.0, "num": 2.0, "max_new_tokens": 8.0, "top_k": 5.0, "width": 832.0, "height": 1216.0}\n',
+    )
+    ints = write(
+        tmp_path / "i.jsonl", '{"tags": "1girl", "seed": 3, "num": 2, "max_new_tokens": 8, "top_k": 5, "width": 832, "height": 1216}\n'
+    )
+    assert (
+        ok(run("batch", floats, "-m", dart, "--format", "jsonl")).stdout == ok(run("batch", ints, "-m", dart, "--format", "jsonl")).stdout
+    )

@@ -94,7 +94,7 @@ def build_task(record: Record, options: dict, file_defaults: dict, base_seed: in
     record_id = fields.get("id", record.line)
     seed = fields.get("seed")
     if seed is not None:
-        SETTING["seed"].check(seed)
+        seed = SETTING["seed"].check(seed)
         if seed + num > 2**32:
             raise UsageError(f"seed: {seed} with num {num} runs past the largest seed, 4294967295")
         seeds = tuple(seed + v for v in range(num))
