@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 
 from dtg_cli.batch.outfile import Output, ResumePoint, output_format
@@ -17,7 +17,7 @@ from dtg_cli.batch.records import BadRecord, BatchInputError, InputFile, Record
 from dtg_cli.batch.tasks import RecordKey, build_task, check_defaults, from_variant
 from dtg_cli.engine import Generator
 from dtg_cli.errors import DtgError, UsageError
-from dtg_cli.outcomes import Task
+from dtg_cli.outcomes import Outcome, Task
 from dtg_cli.rendering import Style
 from dtg_cli.scheduler import END, NOT_READY, IterSource, QueuedSource, Source
 
@@ -164,13 +164,15 @@ def expand(
     on_error: Callable[[str], None] | None = None,
     on_progress: Callable[[Summary], None] | None = None,
     summary: Summary | None = None,
+    engine: Callable[..., Iterator[Outcome]] | None = None,
 ) -> Summary:
     """Generate every record of `input_path` ('-': stdin) into `output_path` (None: stdout).
 
     `options` are the caller's settings (Request.from_options keywords; None values are ignored). A bad
     record raises BatchInputError after everything before it is written, unless `skip_errors`, which
     hands its 'FILE:LINE: message' to `on_error` and goes on. `summary`, if given, is kept up to date,
-    so that a caller still has it when the run is interrupted.
+    so that a caller still has it when the run is interrupted. `engine` does the generation (default:
+    `generator.run`; `batch.cluster.RayWorkers.run` on a cluster), handing outcomes back in input order.
     """
     started = time.perf_counter()
     kind = output_format(output_path, output_kind)
@@ -188,7 +190,7 @@ def expand(
             records = QueuedSource(source.records()) if input_path == "-" else IterSource(source.records())
             tasks = _Tasks(records, generator=generator, options=options or {}, defaults=source.defaults, base_seed=seed,
                            shard=shard, resume=out.resume_point, by_count=kind == "text")  # fmt: skip
-            for outcome in generator.run(tasks, parallel=parallel):
+            for outcome in (engine or generator.run)(tasks, parallel=parallel):
                 summary.resumed, summary.resumed_records = tasks.skipped, tasks.skipped_records
                 item = outcome.item
                 if isinstance(item, BadRecord) or outcome.error is not None:

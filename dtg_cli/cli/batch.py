@@ -26,7 +26,9 @@ from dtg_cli.cli.options import (
     with_settings,
 )
 from dtg_cli.cli.ui import BatchProgress, StderrProgress, err, escape, setup_logging, stderr_is_terminal
-from dtg_cli.errors import DtgError, Terminated
+from dtg_cli.errors import DtgError, Terminated, UsageError
+
+_RAY = "Ray cluster"
 
 
 @app.command()
@@ -78,6 +80,28 @@ def batch(
             help="K/N: do only the records whose index (from 0) is K modulo N, for N machines numbered 0..N-1.", rich_help_panel="Run"
         ),
     ] = None,
+    use_ray: Annotated[
+        bool, typer.Option("--ray", help='Decode on a Ray cluster (pip install "dtg-cli[ray]"); docs/ray.md.', rich_help_panel=_RAY)
+    ] = False,
+    ray_address: Annotated[
+        str | None,
+        typer.Option(
+            help="The cluster: HOST:PORT, ray://HOST:PORT or auto (default: $RAY_ADDRESS, else a local one).", rich_help_panel=_RAY
+        ),
+    ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(min=1, max=10000, help="Ray actors, each with the model loaded once (default: one per node).", rich_help_panel=_RAY),
+    ] = None,
+    cpus_per_worker: Annotated[
+        float | None,
+        typer.Option(
+            min=0.01, max=1024, help="CPUs of each actor, also its threads (default: the cluster's CPUs shared out).", rich_help_panel=_RAY
+        ),
+    ] = None,
+    gpus_per_worker: Annotated[
+        float, typer.Option(min=0, max=64, help="GPUs of each actor (a CUDA build of llama-cpp-python on the nodes).", rich_help_panel=_RAY)
+    ] = 0,
     verbose: Verbose = False,
     settings: dict | None = None,
 ) -> None:
@@ -101,6 +125,12 @@ def batch(
     if input_format is not None:
         batching.input_format(input_path, input_format, None)
     batching.check_input(input_path)
+    if not use_ray and (ray_address or workers or cpus_per_worker or gpus_per_worker):
+        raise UsageError("--ray-address, --workers, --cpus-per-worker and --gpus-per-worker go with --ray")
+    if use_ray:
+        from dtg_cli.batch.cluster import import_ray
+
+        import_ray()  # the extra it needs, named before anything loads
     seed = settings.pop("seed")  # the base seed of the records' own seeds
     options = {**settings, "ban": settings["ban"] or None}
     base = Request.from_settings({**options, "seed": seed})  # bad values fail before loading
@@ -112,12 +142,18 @@ def batch(
     summary = batching.Summary()
     bar = BatchProgress(input_path, input_format, shard_of) if stderr_is_terminal() else None
     try:
-        with generator, bar or contextlib.nullcontext():
+        with (
+            generator,
+            _cluster(
+                use_ray, model, quant, prompt_format, n_gpu_layers, parallel, ray_address, workers, cpus_per_worker, gpus_per_worker
+            ) as cluster,
+            bar or contextlib.nullcontext(),
+        ):
             batching.expand(
                 generator, input_path, output, options=options, base_seed=seed, parallel=parallel, shard=shard_of,
                 resume=resume, force=force, skip_errors=skip_errors, input_kind=input_format, output_kind=kind,
                 style=style, on_error=lambda message: err.print(f"[yellow]skipped:[/] {escape(message)}", soft_wrap=True),
-                on_progress=bar.update if bar else None, summary=summary,
+                on_progress=bar.update if bar else None, summary=summary, engine=cluster.run if cluster else None,
             )  # fmt: skip
     except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM
         err.print(escape(summary.line()), soft_wrap=True)
@@ -132,6 +168,23 @@ def batch(
     summary_line = generator.unknown.summary()
     if summary_line and not verbose:
         logging.getLogger("dtg").warning(summary_line)
+
+
+def _cluster(use_ray, model, quant, prompt_format, n_gpu_layers, parallel, address, workers, cpus, gpus):
+    """The Ray actors of a --ray run (a context manager), or a null context."""
+    import contextlib
+
+    if not use_ray:
+        return contextlib.nullcontext()
+    from dtg_cli.batch.cluster import RayWorkers
+    from dtg_cli.store import resolve
+
+    where = resolve(model)
+    name = str(where.resolve()) if isinstance(where, Path) else model  # a file: the same path on every node
+    return RayWorkers(
+        name, quant, address=address, workers=workers, cpus_per_worker=cpus, gpus_per_worker=gpus,
+        prompt_format=prompt_format, n_gpu_layers=n_gpu_layers, parallel=parallel,
+    )  # fmt: skip
 
 
 @app.command()
