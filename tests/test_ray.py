@@ -191,3 +191,18 @@ def test_rows_without_seed_or_id_get_seeds_from_their_text(cluster, ggufs):
         )
         seeds.append(sorted((plain(r["input_tags"])[0], plain(r["seed"])) for r in data.take_all()))
     assert seeds[0] == seeds[1] and len({s for _, s in seeds[0]}) == 3
+
+
+def test_workers_the_cluster_has_no_room_for_are_given_nothing(cluster, ggufs, tmp_path):
+    """Three workers of one CPU on a two-CPU cluster: the third never starts, and the run neither waits for
+    it nor sends it a chunk."""
+    model = ggufs["dart-moe"]["q8_0"]
+    source = prompts(tmp_path / "in.jsonl", 900, seed=4)  # four chunks
+    common = ["-m", model, "--max-new-tokens", "4"]
+    assert batch(source, "-o", tmp_path / "local.jsonl", *common).returncode == 0
+    done = batch(
+        source, "-o", tmp_path / "ray.jsonl", *common, "--ray", "--ray-address", cluster, "--workers", "3", "--cpus-per-worker", "1"
+    )
+    assert done.returncode == 0, done.stderr.decode()
+    assert "warning: the Ray cluster has 2 CPUs and 3 workers of 1 CPUs each need 3" in done.stderr.decode()
+    assert (tmp_path / "ray.jsonl").read_bytes() == (tmp_path / "local.jsonl").read_bytes()

@@ -109,25 +109,38 @@ class RayWorkers:
         self.count = workers or max(1, len(nodes))
         cpus = cpus_per_worker or max(1, total_cpus // self.count)
         threads = max(1, int(cpus))
+        if self.count * cpus > total_cpus:
+            log.warning(
+                f"the Ray cluster has {total_cpus} CPUs and {self.count} workers of {cpus:g} CPUs each need {self.count * cpus:g}: "
+                "those that do not fit wait until the cluster grows"
+            )
         actor = ray.remote(DtgBatchWorker).options(
             num_cpus=cpus, num_gpus=gpus_per_worker, max_restarts=RESTARTS, max_task_retries=RESTARTS, name=None
         )
         open_options = {"prompt_format": prompt_format, "n_gpu_layers": n_gpu_layers, "threads": threads}
         self.actors = [actor.remote(model, quant, open_options, parallel) for _ in range(self.count)]
         self.chunk = chunk
-        log.info(f"Ray: {self.count} workers, {cpus} CPUs{f' and {gpus_per_worker} GPUs' if gpus_per_worker else ''} each")
+        log.info(f"Ray: {self.count} workers, {cpus:g} CPUs{f' and {gpus_per_worker:g} GPUs' if gpus_per_worker else ''} each")
 
     def pids(self) -> list[int]:
         return self.ray.get([a.pid.remote() for a in self.actors])
 
     def run(self, source: Source, parallel: int | None = None) -> Iterator[Outcome]:
-        """Every item of `source`, in chunks to the actors in turn, at most WINDOW chunks per actor in
-        flight; outcomes in input order (`Generator.run`'s contract)."""
-        pending: deque = deque()  # chunk results in submission order
-        turn = 0
+        """Every item of `source`, in chunks to the actors that have started (the least busy first);
+        outcomes in input order (`Generator.run`'s contract). While some actors are still starting, a
+        started one holds one chunk at a time, so that the chunks wait for the others rather than pile up
+        on the first; then WINDOW each. An actor the cluster has no room for is given nothing."""
+        starting = {a.pid.remote(): a for a in self.actors}  # answered once an actor is up (its model loaded)
+        load: dict = {}  # started actor -> chunks in flight
+        pending: deque = deque()  # (chunk result, actor) in submission order
         ended = False
         while True:
-            while not ended and len(pending) < WINDOW * self.count:
+            if starting:
+                done, _ = self.ray.wait(list(starting), num_returns=len(starting), timeout=0)
+                for ref in done:
+                    load[starting.pop(ref)] = 0
+            most = 1 if starting else WINDOW
+            while not ended and load and load[actor := min(load, key=load.get)] < most:
                 chunk = []
                 while len(chunk) < self.chunk:
                     item = source.get(True)
@@ -136,14 +149,20 @@ class RayWorkers:
                         break
                     chunk.append(item)
                 if chunk:
-                    pending.append(self.actors[turn % self.count].run.remote(chunk))
-                    turn += 1
-            if not pending:
+                    pending.append((actor.run.remote(chunk), actor))
+                    load[actor] += 1
+            if ended and not pending:
                 return
+            if starting and (not pending or not self.ray.wait([pending[0][0]], timeout=0)[0]):
+                # Nothing to hand back yet: wait for the first chunk or for another actor to start.
+                self.ray.wait([*([pending[0][0]] if pending else []), *starting], num_returns=1)
+                continue
+            ref, actor = pending.popleft()
             try:
-                outcomes = self.ray.get(pending.popleft())
+                outcomes = self.ray.get(ref)
             except self.ray.exceptions.RayError as e:
                 raise DtgError(f"a Ray worker failed {RESTARTS} times over: {_first_line(e)}") from None
+            load[actor] -= 1
             yield from outcomes
 
     def close(self) -> None:
