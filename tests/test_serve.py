@@ -350,6 +350,7 @@ def test_a_client_that_leaves_frees_its_slots(models):
         # The slots are free: four sequences run together again.
         records = Client(server.url).generate("cat ears", num=4, seed=3, max_new_tokens=16)
         assert [r["seed"] for r in records] == [3, 4, 5, 6]
+    assert b"Traceback" not in server.stderr, server.stderr.decode()  # a client that leaves is no error of the server
 
 
 def test_sigterm_finishes_the_requests_in_flight_and_exits_0(models):

@@ -33,13 +33,14 @@ from dtg_cli.output import json_text, result_record
 from dtg_cli.reading import check_tags
 from dtg_cli.serve.bodies import ApiError, Parsed, api_error, parse_generate
 from dtg_cli.serve.lines import LineStream
-from dtg_cli.serve.openai_api import Reply, parse_chat, parse_completion, wants_usage
+from dtg_cli.serve.openai_api import Reply, finish_reason, parse_chat, parse_completion, wants_usage
 from dtg_cli.serve.workers import Event, Job, Worker
 from dtg_cli.settings import DEFAULT_ASPECT_RATIO, DEFAULT_IDENTITY, DEFAULT_LENGTH, DEFAULT_RATING, SETTINGS
 
 log = logging.getLogger("dtg")
 
 DRAIN_LIMIT = 64 << 20  # bytes of an oversized body read (and dropped) before answering 413; past it, the connection closes
+CLIENT_GONE = 499  # the answer to a client that closed its connection first (never received; counted in /metrics)
 HEARTBEAT_S = 10.0  # an idle event stream sends a comment this often (and so learns that its client has gone)
 OPEN_PATHS = ("/health", "/")  # answered without the key: the state of the server, and the page (which holds no data)
 
@@ -273,6 +274,8 @@ class _Api:
         if parsed.stream:
             return self._stream(worker, parsed, request, self._dtg_events(parsed))
         results = await self._results(worker, parsed, request)
+        if results is None:
+            return Response(status_code=CLIENT_GONE)
         records = [[result_record(r, parsed.style) for r in per] for per in results]
         return _json({"results": records if parsed.many else records[0]})
 
@@ -290,6 +293,8 @@ class _Api:
         if parsed.stream:
             return self._stream(worker, parsed, request, self._openai_events(parsed, reply, wants_usage(body)))
         results = await self._results(worker, parsed, request)
+        if results is None:
+            return Response(status_code=CLIENT_GONE)
         return _json(reply.whole(results, parsed.style))
 
     # -- jobs --
@@ -313,8 +318,9 @@ class _Api:
             raise api_error(e) from None
         return job, events
 
-    async def _results(self, worker: Worker, parsed: Parsed, request: HttpRequest) -> list[list]:
-        """Every result of a job that does not stream, per request in variant order; the first error ends it."""
+    async def _results(self, worker: Worker, parsed: Parsed, request: HttpRequest) -> list[list] | None:
+        """Every result of a job that does not stream, per request in variant order (None: the client has
+        gone, and the job with it); the first error ends it."""
         job, events = self._submit(worker, parsed, streaming=False)
         results: list[list] = [[None] * r.num for r in parsed.requests]
         gone = asyncio.ensure_future(_disconnected(request))
@@ -328,7 +334,7 @@ class _Api:
                 if getter not in done:
                     getter.cancel()
                     if gone in done:
-                        raise _ClientGone()
+                        return None
                     raise ApiError(
                         504, f"no answer within {self.service.limits.request_timeout:g} s (dtg serve --request-timeout)", "timeout_error"
                     )
@@ -422,22 +428,12 @@ class _Api:
             elif event.kind == "result":
                 line = lines.pop((r, v), None) or LineStream(parsed.style)
                 results.append(event.value)
-                out = _data(reply.chunk(r, v, line.finish(event.value), finish=_finish(event.value)))
+                out = _data(reply.chunk(r, v, line.finish(event.value), finish=finish_reason(event.value)))
             elif event.kind == "error":
                 out = _data(api_error(event.value).body())
             else:
                 out = (_data(reply.usage_chunk(results)) if with_usage else "") + "data: [DONE]\n\n"
             event = yield out
-
-
-def _finish(result) -> str:
-    from dtg_cli.serve.openai_api import finish_reason
-
-    return finish_reason(result)
-
-
-class _ClientGone(Exception):
-    """The client of a request that does not stream has closed its connection."""
 
 
 async def _disconnected(request: HttpRequest) -> None:

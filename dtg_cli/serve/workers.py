@@ -168,10 +168,6 @@ class Worker:
         self._thread = threading.Thread(target=self._decode, name=f"dtg-decode-{self.name}", daemon=True)
         self._thread.start()
 
-    def pending(self) -> int:
-        """Jobs submitted and not done."""
-        return len(self._open)
-
     def snapshot(self) -> dict:
         """The counters now (`Counters`), with tokens_per_s."""
         with self._lock:
