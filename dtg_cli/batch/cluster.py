@@ -122,9 +122,6 @@ class RayWorkers:
         self.chunk = chunk
         log.info(f"Ray: {self.count} workers, {cpus:g} CPUs{f' and {gpus_per_worker:g} GPUs' if gpus_per_worker else ''} each")
 
-    def pids(self) -> list[int]:
-        return self.ray.get([a.pid.remote() for a in self.actors])
-
     def run(self, source: Source, parallel: int | None = None) -> Iterator[Outcome]:
         """Every item of `source`, in chunks to the actors that have started (the least busy first);
         outcomes in input order (`Generator.run`'s contract). While some actors are still starting, a
