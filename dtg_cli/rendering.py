@@ -1,5 +1,6 @@
 """Writing a result back: `render` gives a result as one line in the user's syntax (emphasis, networks
-and BREAK where they were), in the order and form a `Style` asks for."""
+and BREAK where they were), in the order and form a `Style` asks for; `LineStream` gives that line in
+pieces while the result is written (the terminal's live line, the server's streams)."""
 
 from __future__ import annotations
 
@@ -115,3 +116,86 @@ def stream_parts(layout: Layout, style: Style) -> tuple[str, str]:
     head, _ = render(layout, ["\x00"], style)  # a marker where the new tags go
     before, _, after = head.partition("\x00")
     return before.removesuffix(", "), after.removeprefix(", ")
+
+
+class LineStream:
+    """One result's line as it is written, in pieces that add up to the finished line: the user's tags
+    before the new ones, each new tag as it is sampled, the user's text after them, then a caption (TIPO).
+    Only order `model` writes a line before its result is finished; for other orders every piece but the
+    last (`finish`) is empty."""
+
+    def __init__(self, style: Style):
+        self.style = style
+        self.layout: Layout | None = None
+        self.sent = ""  # what the pieces so far add up to
+        self.first = True  # nothing written yet: the next piece has no separator
+        self.ended = False  # the text after the new tags is written
+        self.captioned = False  # the caption has begun
+
+    @property
+    def live(self) -> bool:
+        return self.style.order == "model" and self.layout is not None
+
+    def start(self, layout: Layout) -> str:
+        self.layout = layout
+        if not self.live:
+            return ""
+        before = stream_parts(layout, self.style)[0]
+        self.first = not before
+        return self._add(before)
+
+    def tag_parts(self, tag: str) -> tuple[str, str]:
+        """A new tag's piece as (separator, the tag as the style writes it), for a caller that shows them apart."""
+        if not self.live:
+            return "", ""
+        separator, shown = ("" if self.first else ", "), self.style.tag(tag, self.layout)
+        self.first = False
+        self._add(separator + shown)
+        return separator, shown
+
+    def tag(self, tag: str) -> str:
+        return "".join(self.tag_parts(tag))
+
+    def nl(self, text: str) -> str:
+        """More of the caption being written."""
+        if not self.live:
+            return ""
+        piece = ""
+        if not self.captioned:
+            piece = self.end_tags()
+            text = ("" if self.first else ", ") + text
+            self.first, self.captioned = False, True
+        return piece + self._add(text)
+
+    def end(self, nl: str | None) -> str:
+        """What ends the line of a result whose caption is `nl`: the text after the new tags, and the caption
+        if none of it was written as it came."""
+        if not self.live:
+            return ""
+        piece = self.end_tags()
+        if nl and not self.captioned:
+            piece += self._add(("" if self.first else ", ") + nl)
+            self.first, self.captioned = False, True
+        return piece
+
+    def finish(self, text: str) -> str | None:
+        """The rest of the finished line `text` (all of it, for an order other than `model`), or None when
+        the pieces so far are not its start (not expected: they are the line's own parts)."""
+        if not text.startswith(self.sent):
+            return None
+        rest, self.sent = text[len(self.sent) :], text
+        return rest
+
+    def end_tags(self) -> str:
+        """The text the user wrote after the new tags, once."""
+        if self.ended:
+            return ""
+        self.ended = True
+        after = stream_parts(self.layout, self.style)[1]
+        text = ("" if self.first or not after else ", ") + after
+        self.first = self.first and not after
+        return self._add(text)
+
+    def _add(self, text: str) -> str:
+        self.sent += text
+        return text

@@ -184,7 +184,8 @@ class ResultOutput:
 
 class LiveLine:
     """On a terminal: each result's given tags, then its new tags as the model writes them. With several
-    results decoded together, the first unfinished one is shown live and the others wait their turn."""
+    results decoded together, the first unfinished one is shown live and the others wait their turn. The
+    pieces of a line are `rendering.LineStream`'s."""
 
     def __init__(self, output: ResultOutput):
         from collections import deque
@@ -192,11 +193,8 @@ class LiveLine:
         self.out = output
         self.units: deque = deque()  # started and not yet written, in output order
         self.waiting: dict = {}  # unit -> (layout, new tags so far, caption so far) of a result not shown yet
-        self.layout = None  # of the result shown
-        self.first = True
+        self.line = None  # the LineStream of the result shown
         self.open = False  # a line has been started and not ended
-        self.ended = False  # the text after the new tags is shown (a caption has begun)
-        self.captioned = False  # the shown result's caption has begun
 
     def start(self, unit, layout) -> None:
         self.units.append(unit)
@@ -214,27 +212,11 @@ class LiveLine:
         if not (self.units and self.units[0] == unit):
             self.waiting[unit][2].append(text)
             return
-        if not self.captioned:
-            self._end_tags()
-            text = ("" if self.first else ", ") + text
-            self.first, self.captioned = False, True
-        self.out.console.print(escape(text), end="")
-
-    def _end_tags(self) -> None:
-        """Show the text that follows the new tags (what the user wrote after them), once."""
-        from dtg_cli.rendering import stream_parts
-
-        if not self.ended:
-            after = stream_parts(self.layout, self.out.style)[1]
-            self.out.console.print(escape(("" if self.first or not after else ", ") + after), end="")
-            self.first = self.first and not after
-            self.ended = True
+        self.out.console.print(escape(self.line.nl(text)), end="")
 
     def finished(self, nl: str | None = None) -> None:
         """The shown result has been written: end its line (with its caption, if any) and show the next one."""
-        self._end_tags()
-        if nl and not self.captioned:
-            self.out.console.print(escape(("" if self.first else ", ") + nl), end="")
+        self.out.console.print(escape(self.line.end(nl)), end="")
         self.out.console.print()
         self.open = False
         self.units.popleft()
@@ -242,23 +224,20 @@ class LiveLine:
             self._show(self.units[0])
 
     def _show(self, unit) -> None:
-        from dtg_cli.rendering import stream_parts
+        from dtg_cli.rendering import LineStream
 
-        self.layout, new, caption = self.waiting.pop(unit)
-        before = stream_parts(self.layout, self.out.style)[0]
-        self.out.console.print(escape(before), end="")
-        self.first = not before
+        layout, new, caption = self.waiting.pop(unit)
+        self.line = LineStream(self.out.style)
+        self.out.console.print(escape(self.line.start(layout)), end="")
         self.open = True
-        self.ended = self.captioned = False
         for tag in new:
             self._print(tag)
         for text in caption:
             self.nl(unit, text)
 
     def _print(self, tag: str) -> None:
-        shown = self.out.style.tag(tag, self.layout)
-        self.out.console.print(("" if self.first else ", ") + f"[cyan]{escape(shown)}[/]", end="")
-        self.first = False
+        separator, shown = self.line.tag_parts(tag)
+        self.out.console.print(separator + f"[cyan]{escape(shown)}[/]", end="")
 
 
 class BatchProgress:

@@ -2,7 +2,6 @@
 
 A job layer over the engine, beside `dtg_cli.batch`: `workers.py` (a decode thread per model, jobs in and
 events out), `bodies.py` (request bodies read into requests, errors as JSON), `openai_api.py` (the
-OpenAI-compatible routes' bodies and answers), `lines.py` (a result's text line, piece by piece, as it is
-streamed), `app.py` (the Starlette app: routes, key, limits, event streams, /metrics) and `page.html`
+OpenAI-compatible routes' bodies and answers), `app.py` (the Starlette app: routes, key, limits, event streams, /metrics) and `page.html`
 (the page at /). `docs/serve.md` documents the API.
 """

@@ -31,8 +31,8 @@ from dtg_cli.errors import DtgError
 from dtg_cli.jsontext import BadJSON, loads
 from dtg_cli.output import json_text, result_record
 from dtg_cli.reading import check_tags
+from dtg_cli.rendering import LineStream
 from dtg_cli.serve.bodies import ApiError, Parsed, api_error, parse_generate
-from dtg_cli.serve.lines import LineStream
 from dtg_cli.serve.openai_api import Reply, finish_reason, parse_chat, parse_completion, wants_usage
 from dtg_cli.serve.workers import Event, Job, Worker
 from dtg_cli.settings import DEFAULT_ASPECT_RATIO, DEFAULT_IDENTITY, DEFAULT_LENGTH, DEFAULT_RATING, SETTINGS
@@ -308,6 +308,9 @@ class _Api:
                 raise api_error(e, f"requests[{i}]." if parsed.many else "") from None
         return worker
 
+    def _timed_out(self) -> ApiError:
+        return ApiError(504, f"no answer within {self.service.limits.request_timeout:g} s (dtg serve --request-timeout)", "timeout_error")
+
     def _submit(self, worker: Worker, parsed: Parsed, streaming: bool) -> tuple[Job, asyncio.Queue]:
         loop = asyncio.get_running_loop()
         events: asyncio.Queue = asyncio.Queue()
@@ -335,9 +338,7 @@ class _Api:
                     getter.cancel()
                     if gone in done:
                         return None
-                    raise ApiError(
-                        504, f"no answer within {self.service.limits.request_timeout:g} s (dtg serve --request-timeout)", "timeout_error"
-                    )
+                    raise self._timed_out()
                 event: Event = getter.result()
                 if event.kind == "result":
                     results[event.request][event.variant] = event.value
@@ -363,8 +364,7 @@ class _Api:
                 while True:
                     left = deadline - time.monotonic()
                     if left <= 0:
-                        error = ApiError(504, f"no answer within {timeout:g} s (dtg serve --request-timeout)", "timeout_error")
-                        yield _sse(error.body(), "error")
+                        yield _sse(self._timed_out().body(), "error")
                         break
                     try:
                         event = await asyncio.wait_for(events.get(), min(left, HEARTBEAT_S))
@@ -398,9 +398,9 @@ class _Api:
             elif event.kind == "nl":
                 out = _sse({**data, "nl": event.value, "text": lines[unit].nl(event.value)}, "nl")
             elif event.kind == "result":
-                line = lines.pop(unit, None) or LineStream(parsed.style)
                 record = result_record(event.value, parsed.style)
-                out = _sse({**data, "text": line.finish(event.value), "result": record, "timings": event.value.timings}, "result")
+                rest = _rest(lines.pop(unit, None), parsed.style, record["text"])
+                out = _sse({**data, "text": rest, "result": record, "timings": event.value.timings}, "result")
             elif event.kind == "error":
                 out = _sse({**data, **api_error(event.value, f"requests[{event.request}]." if parsed.many else "").body()}, "error")
             else:
@@ -426,14 +426,23 @@ class _Api:
                 text = getattr(lines[(r, v)], event.kind)(event.value)
                 out = _data(reply.chunk(r, v, text)) if text else ""
             elif event.kind == "result":
-                line = lines.pop((r, v), None) or LineStream(parsed.style)
                 results.append(event.value)
-                out = _data(reply.chunk(r, v, line.finish(event.value), finish=finish_reason(event.value)))
+                rest = _rest(lines.pop((r, v), None), parsed.style, event.value.written(parsed.style)["text"])
+                out = _data(reply.chunk(r, v, rest, finish=finish_reason(event.value)))
             elif event.kind == "error":
                 out = _data(api_error(event.value).body())
             else:
                 out = (_data(reply.usage_chunk(results)) if with_usage else "") + "data: [DONE]\n\n"
             event = yield out
+
+
+def _rest(line: LineStream | None, style, text: str) -> str:
+    """The last piece of a streamed line: what its finished `text` adds to the pieces already sent."""
+    rest = (line or LineStream(style)).finish(text)
+    if rest is None:  # not expected: the pieces are the line's own parts
+        log.error(f"a streamed line {line.sent!r} is not the start of its result {text!r}")
+        return ""
+    return rest
 
 
 async def _disconnected(request: HttpRequest) -> None:

@@ -9,11 +9,10 @@ such records that share the body's other fields as their defaults.
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass, field
 from typing import Any
 
-from dtg_cli.batch.tasks import layered_request
+from dtg_cli.batch.tasks import layered_request, unknown_fields
 from dtg_cli.errors import DtgError, SettingError, UsageError
 from dtg_cli.rendering import Style, style
 from dtg_cli.settings import SETTING, Request, shown
@@ -59,9 +58,8 @@ def api_error(e: DtgError, where: str = "") -> ApiError:
 
 
 def unknown_field(name: str, known: frozenset[str], where: str = "") -> ApiError:
-    near = difflib.get_close_matches(str(name), sorted(known), n=1)
-    hint = f" (did you mean {near[0]}?)" if near else ""
-    return ApiError(400, f"unknown field {name!r}{hint}; known: {', '.join(sorted(known))}", param=where + str(name))
+    """A field no request has, worded as a batch record's (`batch.tasks.unknown_fields`)."""
+    return ApiError(400, unknown_fields([name], known), param=where + str(name))
 
 
 @dataclass
